@@ -1,0 +1,32 @@
+# Two entry points for a fresh machine: `make run` (the main job) and `make test` (the suite).
+# Both create .venv if it is missing, install scalelab into it and make sure Fashion-MNIST is here.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.scalelab-installed
+ARGS ?=
+
+.PHONY: run test data lint bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+data:
+	@bash scripts/ensure-data.sh
+
+run: $(STAMP) data
+	$(PY) -m experiments.scale_grid $(ARGS)
+
+test: $(STAMP) data
+	$(PY) -m pytest -q $(ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check scalelab experiments analysis tests
+
+bench: $(STAMP) data
+	$(PY) -m experiments.bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

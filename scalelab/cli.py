@@ -1,0 +1,92 @@
+"""Command-line plumbing shared by every ``experiments.*`` and ``analysis.*`` entry point.
+
+Bad input ends as one line on stderr naming the problem and the fix: exit status 2 for usage
+errors, 1 for runtime errors, 130 for an interrupted run; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from scalelab.errors import ScalelabError, UsageError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the prog, the problem, a pointer to --help)."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see --help)")
+
+
+def main_wrapper(prog: str, run: Callable[[Sequence[str] | None], int]) -> Callable:
+    """Wraps ``run(argv) -> exit code`` so that ScalelabError becomes a one-line message."""
+
+    def main(argv: Sequence[str] | None = None) -> int:
+        args = list(sys.argv[1:] if argv is None else argv)
+        debug = "--debug" in args
+        try:
+            return run(args)
+        except ScalelabError as err:
+            if debug:
+                raise
+            print(f"{prog}: error: {err}", file=sys.stderr)
+            return err.exit_code
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 130
+
+    return main
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number > 0")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number >= 0")
+    return value
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """``128`` or ``128,128`` -> (128, 128); every entry a positive integer."""
+    try:
+        return tuple(positive_int(part) for part in text.split(","))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated whole numbers > 0, e.g. 128,128") from None
+
+
+def float_list(text: str) -> tuple[float, ...]:
+    """``1e-3,1e-2`` -> (0.001, 0.01); every entry a finite number > 0."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated numbers, e.g. 1e-3,1e-2") from None
+    if not all(0 < v < float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: every value must be a finite number > 0")
+    return values
+
+
+def add_data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data", default=None,
+        help="dataset: fashion_mnist (default), mnist, idx (any folder of the four IDX files, "
+        "given by --data-dir), or tfds:NAME read with tensorflow_datasets.data_source (no download)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--data-dir", default=None,
+        help="folder with train-images-idx3-ubyte[.gz] etc.; default search: $SCALELAB_DATA_DIR, "
+        "/usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist), data/fashion-mnist",
+    )  # fmt: skip

@@ -1,0 +1,650 @@
+"""Curvature of a loss at given parameters, from Hessian-vector products alone.
+
+Everything here takes a loss function (or a Hessian-vector product built from one) and
+parameters, and returns arrays: no model class, no trainer. Every function is pure, has
+fixed-length loops (``lax.fori_loop`` / ``lax.map``) and static output shapes, so a caller can
+``jax.jit`` it once and ``jax.vmap`` it over a leading model axis, passing probe keys and start
+vectors unbatched (``in_axes=None``) so that all models see the same probes.
+
+Three kinds of callables appear:
+
+* ``loss_fn(params) -> scalar``;
+* ``hvp_fn(params, v) -> H v`` on pytrees, e.g. ``functools.partial(hvp, loss_fn)`` or
+  ``make_chunked_hvp(batch_loss_fn, data, chunk_size)`` for full-batch curvature on 10k+ examples;
+* ``matvec(u) -> H u`` on flat ``(n,)`` vectors, built by ``flat_matvec`` / ``block_matvec``.
+  The Krylov methods (Lanczos, power iteration, Hutchinson, SLQ) only see a ``matvec``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from jax.flatten_util import ravel_pytree
+
+PyTree = Any
+Path = tuple[Any, ...]
+HvpFn = Callable[[PyTree, PyTree], PyTree]
+Matvec = Callable[[jax.Array], jax.Array]
+
+
+# ---------------------------------------------------------------------------------------------
+# Hessian-vector products
+# ---------------------------------------------------------------------------------------------
+
+
+def hvp(loss_fn: Callable[[PyTree], jax.Array], params: PyTree, v: PyTree) -> PyTree:
+    """``H v`` with ``H = d^2 loss_fn / d params^2``, by forward-over-reverse differentiation.
+
+    ``jvp(grad(f), (w,), (v,))`` costs about two gradients and never forms ``H`` (Pearlmutter
+    1994). ``v`` has the structure of ``params``; so does the result.
+    """
+    return jax.jvp(jax.grad(loss_fn), (params,), (v,))[1]
+
+
+def chunked_mean(fn: Callable[[PyTree], PyTree], data: PyTree, chunk_size: int) -> PyTree:
+    """The example-weighted mean of ``fn`` over chunks of ``data``, one chunk in memory at a time.
+
+    ``data`` is a pytree of arrays sharing a leading example axis of length ``N``; ``fn(chunk)``
+    must return the *mean* over the chunk's examples (any pytree). The ``N // chunk_size`` full
+    chunks go through ``lax.scan``; a remainder of ``r = N % chunk_size`` examples is one more
+    (statically shaped) call. The result is ``(chunk_size * sum(full) + r * fn(rest)) / N``,
+    which equals ``fn(data)`` for any ``fn`` that is a mean of per-example terms (up to
+    floating-point summation order).
+    """
+    n = jax.tree.leaves(data)[0].shape[0]
+    num_full, rest = divmod(n, chunk_size)
+    total = None
+    if num_full:
+        chunks = jax.tree.map(
+            lambda x: x[: num_full * chunk_size].reshape(num_full, chunk_size, *x.shape[1:]), data
+        )
+
+        def add(acc, chunk):
+            return jax.tree.map(jnp.add, acc, fn(chunk)), None
+
+        first = jax.tree.map(lambda x: x[0], chunks)
+        rest_chunks = jax.tree.map(lambda x: x[1:], chunks)
+        total, _ = lax.scan(add, fn(first), rest_chunks)
+        total = jax.tree.map(lambda t: t * chunk_size, total)
+    if rest:
+        tail = jax.tree.map(
+            lambda t: t * rest, fn(jax.tree.map(lambda x: x[num_full * chunk_size :], data))
+        )
+        total = tail if total is None else jax.tree.map(jnp.add, total, tail)
+    return jax.tree.map(lambda t: t / n, total)
+
+
+def make_chunked_hvp(
+    batch_loss_fn: Callable[[PyTree, PyTree], jax.Array], data: PyTree, chunk_size: int
+) -> HvpFn:
+    """``hvp_fn(params, v)`` of the full-batch mean loss over ``data``, accumulated over chunks.
+
+    ``batch_loss_fn(params, batch)`` is the mean loss over ``batch``. Because the HVP is linear
+    in the loss, the mean of chunk HVPs is the full-batch HVP; the scan sits *outside* the
+    differentiation, so memory is that of one chunk (a scan inside ``loss_fn`` would keep every
+    chunk's activations for the backward pass).
+    """
+
+    def hvp_fn(params: PyTree, v: PyTree) -> PyTree:
+        return chunked_mean(
+            lambda batch: hvp(lambda p: batch_loss_fn(p, batch), params, v), data, chunk_size
+        )
+
+    return hvp_fn
+
+
+def flat_matvec(hvp_fn: HvpFn, params: PyTree) -> Matvec:
+    """``u -> H u`` on flat ``(n,)`` vectors, in ``ravel_pytree(params)`` order."""
+    _, unravel = ravel_pytree(params)
+    return lambda u: ravel_pytree(hvp_fn(params, unravel(u)))[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks (per-layer curvature)
+# ---------------------------------------------------------------------------------------------
+
+
+def _entry_name(entry: Any) -> Any:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return getattr(entry, attr)
+    return entry
+
+
+def layer_paths(params: PyTree) -> list[Path]:
+    """The paths of the "layers" of a params pytree, in the pytree's own key order.
+
+    Single-key wrappers whose child holds only sub-dicts are skipped, so Flax's
+    ``{'params': {'Dense_0': {'kernel', 'bias'}, 'Dense_1': ...}}`` gives
+    ``[('params', 'Dense_0'), ('params', 'Dense_1')]``: a layer is all of its leaves.
+    """
+    prefix: Path = ()
+    node = params
+    while isinstance(node, Mapping) and len(node) == 1:
+        ((name, child),) = node.items()
+        if not (isinstance(child, Mapping) and all(isinstance(c, Mapping) for c in child.values())):
+            break
+        prefix, node = (*prefix, name), child
+    if not isinstance(node, Mapping):
+        return [prefix]
+    return [(*prefix, name) for name in node]
+
+
+def block_slice(params: PyTree, path: Sequence[Any]) -> slice:
+    """The slice of ``ravel_pytree(params)[0]`` holding the leaves under ``path``.
+
+    A subtree's leaves are contiguous in flattening order, so a block is a slice of the flat
+    vector and the block Hessian is ``H[s, s]``. Raises ``KeyError`` if no leaf is under ``path``.
+    """
+    path = tuple(path)
+    start = stop = None
+    offset = 0
+    for leaf_path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        size = int(math.prod(jnp.shape(leaf)))
+        if tuple(_entry_name(e) for e in leaf_path[: len(path)]) == path:
+            start = offset if start is None else start
+            stop = offset + size
+        offset += size
+    if start is None:
+        raise KeyError(f"no parameters under {path}; choose one of {layer_paths(params)}")
+    return slice(start, stop)
+
+
+def block_matvec(hvp_fn: HvpFn, params: PyTree, path: Sequence[Any]) -> Matvec:
+    """``u -> H_bb u``: the diagonal block of the Hessian for the leaves under ``path``.
+
+    ``u`` has the block's flat size ``s.stop - s.start`` (``s = block_slice(params, path)``). It is
+    embedded with zeros elsewhere and the block of the full product is read back, which is
+    exactly ``H[s, s] u`` for any ``hvp_fn`` (chunked or not), at the cost of one full HVP.
+    """
+    s = block_slice(params, path)
+    full = flat_matvec(hvp_fn, params)
+    n, _ = _flat_size_and_dtype(params)
+
+    def matvec(u: jax.Array) -> jax.Array:
+        return full(jnp.zeros(n, u.dtype).at[s].set(u))[s]
+
+    return matvec
+
+
+def block_mask(params: PyTree, path: Sequence[Any]) -> jax.Array:
+    """``(n,)`` 0/1 indicator of the block under ``path`` in ``ravel_pytree(params)`` order.
+
+    Built from shapes only (a constant under ``jit``/``vmap``, never batched over models).
+    """
+    n, dtype = _flat_size_and_dtype(params)
+    mask = np.zeros(n, dtype)
+    mask[block_slice(params, path)] = 1
+    return jnp.asarray(mask)
+
+
+def _flat_size_and_dtype(params: PyTree) -> tuple[int, Any]:
+    leaves = jax.tree.leaves(params)
+    return sum(int(math.prod(jnp.shape(x))) for x in leaves), jnp.result_type(*leaves)
+
+
+def masked_matvec(matvec: Matvec, mask: jax.Array) -> Matvec:
+    """``u -> M H M u`` with ``M = diag(mask)``: the block ``H_bb`` embedded in full-size vectors.
+
+    Its spectrum is ``H_bb``'s plus ``n - |b|`` zeros. Why full size: every block then has the
+    same shapes, so a loop over blocks (``lax.map``) compiles one body however many layers.
+    """
+    return lambda u: mask * matvec(mask * u)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lanczos and Ritz pairs
+# ---------------------------------------------------------------------------------------------
+
+
+class LanczosResult(NamedTuple):
+    """``T = tridiag(betas, alphas, betas) = Q H Q^T`` and ``H Q^T = Q^T T + beta_last q e_m^T``."""
+
+    alphas: jax.Array  # (m,) diagonal of T
+    betas: jax.Array  # (m - 1,) off-diagonal of T; 0 where the recursion broke down and restarted
+    beta_last: jax.Array  # () norm of the residual after step m (the cheap error bound's factor)
+    basis: jax.Array  # (m, n) orthonormal rows q_1 .. q_m
+
+
+def _normalise(v: jax.Array) -> jax.Array:
+    norm = jnp.linalg.norm(v)
+    return v / jnp.where(norm > 0, norm, 1)
+
+
+def _orthogonalise(w: jax.Array, basis: jax.Array) -> jax.Array:
+    # Classical Gram-Schmidt twice ("twice is enough", Parlett 1980 / Giraud et al. 2005):
+    # one pass leaves O(eps * cond) components; the second removes them. Unfilled rows are 0.
+    for _ in range(2):
+        w = w - basis.T @ (basis @ w)
+    return w
+
+
+def _restart_vector(step: jax.Array, n: int, dtype) -> jax.Array:
+    # Entries in [-1, 1) from an integer hash of (step, index) ("lowbias32", C. Wellons):
+    # deterministic, no PRNG key to thread through, and ~10 ops where threefry costs ~0.4 s of
+    # compile time per call site. Any vector outside span(Q) works; a hash is one almost surely.
+    i = jnp.arange(n, dtype=jnp.uint32)
+    h = i * jnp.uint32(0x9E3779B1) + (step.astype(jnp.uint32) + 1) * jnp.uint32(0x85EBCA77)
+    for shift, mult in ((16, 0x7FEB352D), (15, 0x846CA68B)):
+        h = (h ^ (h >> shift)) * jnp.uint32(mult)
+    h = h ^ (h >> 16)
+    return (h.astype(dtype) / 2.0**31 - 1).astype(dtype)
+
+
+def lanczos(matvec: Matvec, v0: jax.Array, num_steps: int) -> LanczosResult:
+    """``num_steps`` Lanczos steps with full reorthogonalisation (Lanczos 1950; Golub & Van Loan
+    2013, Alg. 10.1.1 with complete reorthogonalisation).
+
+    Every new vector is Gram-Schmidt-orthogonalised twice against *all* previous ones, so no
+    ghost copies of converged eigenvalues appear and ``T``'s eigenvalues are Ritz values of
+    ``H`` on ``span(Q)``. Breakdown (``beta <= eps * sqrt(n) * ||T||``, an invariant subspace:
+    exact multiplicities, ``H`` a multiple of the identity, a low-rank ``H``) does not divide by
+    zero: the recursion restarts from a pseudo-random vector (a fixed hash of the step number)
+    orthogonalised against ``Q`` and records ``beta = 0``, so ``T`` becomes block diagonal and
+    ``num_steps = n`` recovers the whole spectrum with multiplicities.
+
+    Args:
+      matvec: ``(n,) -> (n,)``, symmetric.
+      v0: ``(n,)`` start vector (need not be normalised); its dtype is the working dtype.
+      num_steps: ``m``, static, ``1 <= m <= n``.
+
+    Cost: ``m`` matvecs plus ``O(m^2 n)`` for reorthogonalisation; memory ``m * n``.
+    """
+    n = v0.shape[0]
+    if not 1 <= num_steps <= n:
+        raise ValueError(f"num_steps={num_steps} must be between 1 and the dimension {n}")
+    dtype = v0.dtype
+    tol = jnp.finfo(dtype).eps * math.sqrt(n)
+    basis = jnp.zeros((num_steps, n), dtype).at[0].set(_normalise(v0))
+    zeros = jnp.zeros(num_steps, dtype)
+
+    def restart(j, basis):
+        return _normalise(_orthogonalise(_restart_vector(j, n, dtype), basis))
+
+    def step(j, carry):
+        basis, alphas, betas, norm_est = carry
+        q = basis[j]
+        beta_prev = jnp.where(j > 0, betas[j - 1], 0)
+        w = matvec(q) - beta_prev * basis[j - 1]
+        alpha = jnp.vdot(q, w)
+        w = _orthogonalise(w - alpha * q, basis)
+        beta = jnp.linalg.norm(w)
+        norm_est = jnp.maximum(norm_est, jnp.abs(alpha) + beta + beta_prev)
+        broke = beta <= tol * norm_est
+        q_next = lax.cond(broke, lambda: restart(j, basis), lambda: w / jnp.where(broke, 1, beta))
+        basis = basis.at[j + 1].set(q_next, mode="drop")
+        alphas = alphas.at[j].set(alpha)
+        betas = betas.at[j].set(jnp.where(broke, 0, beta))
+        return basis, alphas, betas, norm_est
+
+    basis, alphas, betas, _ = lax.fori_loop(
+        0, num_steps, step, (basis, zeros, zeros, jnp.zeros((), dtype))
+    )
+    return LanczosResult(alphas, betas[:-1], betas[-1], basis)
+
+
+def tridiagonal(result: LanczosResult) -> jax.Array:
+    """The ``(m, m)`` symmetric tridiagonal matrix ``T`` of a Lanczos run."""
+    return jnp.diag(result.alphas) + jnp.diag(result.betas, 1) + jnp.diag(result.betas, -1)
+
+
+class Eigenpairs(NamedTuple):
+    """``k`` Ritz pairs ``(theta_i, y_i)``; ``residuals[i]`` is the error bar on ``values[i]``.
+
+    For symmetric ``H`` some eigenvalue lies within ``||H y - theta y||`` of ``theta`` (Bauer-Fike /
+    Kahan), and within ``residual^2 / gap`` once the pair is isolated by ``gap``.
+    """
+
+    values: jax.Array  # (k,) top: descending; bottom: ascending
+    vectors: jax.Array  # (k, n) unit Ritz vectors y_i = Q^T s_i (flat; unravel to get pytrees)
+    residuals: jax.Array  # (k,) ||H y_i - theta_i y_i||, from k extra true matvecs
+    residual_bounds: jax.Array  # (k,) |beta_last * s_{m,i}|: the free Lanczos estimate of the same
+
+
+def ritz_pairs(
+    matvec: Matvec, result: LanczosResult, k: int, *, largest: bool = True
+) -> Eigenpairs:
+    """The ``k`` largest (descending) or smallest (ascending) Ritz pairs, with true residuals.
+
+    The residual is computed with ``k`` real matvecs (``lax.map``, one at a time to bound
+    memory), because the cheap bound ``|beta_m s_{m,i}|`` assumes exact arithmetic and ignores
+    the restart couplings; both are returned.
+    """
+    m = result.alphas.shape[0]
+    if not 1 <= k <= m:
+        raise ValueError(f"k={k} must be between 1 and num_steps={m}")
+    return _ritz_pairs(matvec, result, np.arange(m - 1, m - 1 - k, -1) if largest else np.arange(k))
+
+
+def _ritz_pairs(matvec: Matvec, result: LanczosResult, idx: np.ndarray) -> Eigenpairs:
+    theta, s = jnp.linalg.eigh(tridiagonal(result))  # ascending
+    values, coeffs = theta[idx], s[:, idx]
+    vectors = coeffs.T @ result.basis
+    residuals = lax.map(
+        lambda yt: jnp.linalg.norm(matvec(yt[0]) - yt[1] * yt[0]), (vectors, values)
+    )
+    return Eigenpairs(values, vectors, residuals, jnp.abs(result.beta_last * coeffs[-1]))
+
+
+def top_eigenpairs(matvec: Matvec, v0: jax.Array, num_steps: int, k: int) -> Eigenpairs:
+    """The ``k`` largest eigenpairs (descending) of a symmetric ``matvec``, by Lanczos."""
+    return ritz_pairs(matvec, lanczos(matvec, v0, num_steps), k, largest=True)
+
+
+def bottom_eigenpairs(matvec: Matvec, v0: jax.Array, num_steps: int, k: int) -> Eigenpairs:
+    """The ``k`` smallest eigenpairs (ascending) of a symmetric ``matvec``, by Lanczos."""
+    return ritz_pairs(matvec, lanczos(matvec, v0, num_steps), k, largest=False)
+
+
+class PowerIterationResult(NamedTuple):
+    value: jax.Array  # () Rayleigh quotient of the final vector
+    vector: jax.Array  # (n,) unit vector
+    residual: jax.Array  # () ||H v - value v||
+
+
+def power_iteration(matvec: Matvec, v0: jax.Array, num_steps: int) -> PowerIterationResult:
+    """The eigenvalue of largest *magnitude* by ``num_steps`` power iterations (von Mises 1929).
+
+    Converges like ``|lambda_2 / lambda_1|^num_steps``; Lanczos needs far fewer matvecs for the
+    same accuracy, this is the simple cross-check. A zero product leaves the zero vector (no NaN).
+    """
+    v = lax.fori_loop(0, num_steps, lambda _, v: _normalise(matvec(v)), _normalise(v0))
+    hv = matvec(v)
+    value = jnp.vdot(v, hv)
+    return PowerIterationResult(value, v, jnp.linalg.norm(hv - value * v))
+
+
+# ---------------------------------------------------------------------------------------------
+# Stochastic estimators: Hutchinson trace, SLQ spectral density
+# ---------------------------------------------------------------------------------------------
+
+
+def rademacher_probes(key: jax.Array, num_probes: int, dim: int, dtype=None) -> jax.Array:
+    """``(num_probes, dim)`` independent +-1 entries: the probes of Hutchinson and SLQ."""
+    dtype = jnp.result_type(float) if dtype is None else dtype
+    return jax.random.rademacher(key, (num_probes, dim), dtype)
+
+
+class TraceEstimate(NamedTuple):
+    estimate: jax.Array  # () mean of z^T H z over probes
+    stderr: jax.Array  # () sample std (ddof=1) / sqrt(num_probes)
+
+
+def hutchinson_trace(
+    matvec: Matvec, key: jax.Array, num_probes: int, dim: int, dtype=None
+) -> TraceEstimate:
+    """``tr H`` by Hutchinson's (1989) estimator ``mean_i z_i^T H z_i``, ``z_i`` Rademacher.
+
+    Unbiased; its variance is ``2 (||H||_F^2 - sum_j H_jj^2) / num_probes``, estimated here by the
+    sample standard deviation (``ddof=1``, so ``num_probes >= 2``) over ``sqrt(num_probes)``.
+    Probes are ``rademacher_probes(key, num_probes, dim, dtype)``, one matvec each (``lax.map``).
+    """
+    probes = rademacher_probes(key, num_probes, dim, dtype)
+    samples = lax.map(lambda z: jnp.vdot(z, matvec(z)), probes)
+    return TraceEstimate(jnp.mean(samples), jnp.std(samples, ddof=1) / math.sqrt(num_probes))
+
+
+class SpectralDensity(NamedTuple):
+    density: jax.Array  # (G,) smoothed eigenvalue density on the grid; integrates to ~1
+    nodes: jax.Array  # (num_probes, m) Gauss quadrature nodes (Ritz values) per probe
+    weights: jax.Array  # (num_probes, m) squared first components of T's eigenvectors, sum 1
+
+
+def gaussian_density(
+    grid: jax.Array, nodes: jax.Array, weights: jax.Array, sigma: float
+) -> jax.Array:
+    """``mean_probes sum_i w_i N(t; theta_i, sigma^2)`` on ``grid``, with *normalised* Gaussians.
+
+    Each kernel is ``exp(-(t - theta)^2 / (2 sigma^2)) / (sigma sqrt(2 pi))``, so with weights
+    summing to 1 per probe the density integrates to 1 over the real line (on a finite grid, to
+    1 minus the Gaussian tails outside it).
+    """
+    z = (grid[:, None, None] - nodes[None]) / sigma
+    kernels = jnp.exp(-0.5 * z**2) / (sigma * math.sqrt(2 * math.pi))
+    return jnp.mean(jnp.sum(weights[None] * kernels, axis=-1), axis=-1)
+
+
+def slq_density(
+    matvec: Matvec,
+    key: jax.Array,
+    dim: int,
+    num_probes: int,
+    num_steps: int,
+    grid: jax.Array,
+    sigma: float,
+    dtype=None,
+) -> SpectralDensity:
+    """Eigenvalue density of ``H`` by stochastic Lanczos quadrature (Ubaru, Chen & Saad 2017;
+    Ghorbani, Krishnan & Xiao 2019), smoothed by Gaussians of width ``sigma``.
+
+    For a unit probe ``v``, ``v^T f(H) v = sum_i w_i f(theta_i)`` exactly for polynomials of degree
+    ``< 2m``, with ``theta, S = eigh(T)`` of an ``m``-step Lanczos run from ``v`` and
+    ``w_i = S[0, i]^2``. Probes are the Rademacher ``rademacher_probes(key, ...)`` scaled by
+    ``1/sqrt(dim)``, so ``mean_probes sum_i w_i theta_i`` is Hutchinson's estimate of ``tr H / dim``
+    with the same ``key``. ``grid``: ``(G,)``. See ``gaussian_density`` for the normalisation.
+    """
+    probes = rademacher_probes(key, num_probes, dim, dtype) / math.sqrt(dim)
+
+    def quadrature(v):
+        theta, s = jnp.linalg.eigh(tridiagonal(lanczos(matvec, v, num_steps)))
+        return theta, s[0] ** 2
+
+    nodes, weights = lax.map(quadrature, probes)
+    grid = jnp.asarray(grid, nodes.dtype)
+    return SpectralDensity(gaussian_density(grid, nodes, weights, sigma), nodes, weights)
+
+
+# ---------------------------------------------------------------------------------------------
+# Adam's preconditioned sharpness and the stability thresholds
+# ---------------------------------------------------------------------------------------------
+
+
+def find_adam_state(opt_state: PyTree) -> optax.ScaleByAdamState:
+    """The first ``optax.ScaleByAdamState`` inside an optax state (bare, chained, injected, ...)."""
+    found = _search_adam_state(opt_state)
+    if found is None:
+        raise ValueError(
+            "no optax.ScaleByAdamState in this optimiser state; was it built with adam?"
+        )
+    return found
+
+
+def _search_adam_state(node: PyTree) -> optax.ScaleByAdamState | None:
+    if isinstance(node, optax.ScaleByAdamState):
+        return node
+    if isinstance(node, Mapping):
+        node = tuple(node.values())
+    for child in node if isinstance(node, tuple | list) else ():
+        found = _search_adam_state(child)
+        if found is not None:
+            return found
+    return None
+
+
+def adam_preconditioner(
+    adam_state: optax.ScaleByAdamState,
+    *,
+    include_bias_correction: bool,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+) -> jax.Array:
+    """The flat ``(n,)`` diagonal of Adam's preconditioner ``P`` after ``t = state.count`` updates.
+
+    optax's Adam update (Kingma & Ba 2015) is ``-lr * mu_hat / (sqrt(nu_hat + eps_root) + eps)``
+    with ``mu_hat = mu / (1 - b1^t)`` and ``nu_hat = nu / (1 - b2^t)``. Two conventions for ``P``:
+
+    * ``include_bias_correction=True``: ``P = (1 - b1^t) (sqrt(nu_hat + eps_root) + eps)``, so the
+      update is exactly ``-lr P^{-1} mu`` with the *raw* EMA ``mu``: Adam as EMA-momentum on a
+      preconditioned gradient, the form whose threshold is ``adam_threshold`` (Cohen et al. 2022).
+    * ``False``: ``P = sqrt(nu_hat + eps_root) + eps``, the update being ``-lr P^{-1} mu_hat``.
+
+    They differ by the scalar ``1 - b1^t`` (0.1 at ``t = 1``, within 1e-4 of 1 after ~90 steps),
+    so the preconditioned sharpness differs by ``1 / (1 - b1^t)``. ``b1, b2, eps, eps_root`` must
+    be those the optimiser was built with (optax's defaults here). Needs ``t >= 1``.
+    """
+    t = adam_state.count
+    nu = ravel_pytree(adam_state.nu)[0]
+    p = jnp.sqrt(nu / (1 - b2**t).astype(nu.dtype) + eps_root) + eps
+    if include_bias_correction:
+        p = p * (1 - b1**t).astype(nu.dtype)
+    return p
+
+
+def preconditioned_matvec(matvec: Matvec, p: jax.Array) -> Matvec:
+    """``u -> P^{-1/2} H P^{-1/2} u`` for diagonal ``P`` (flat ``(n,)``).
+
+    Symmetric, and similar to ``P^{-1} H = P^{-1/2} (P^{-1/2} H P^{-1/2}) P^{1/2}``, so Lanczos
+    applies and the eigenvalues are those of ``P^{-1} H``.
+    """
+    scale = 1 / jnp.sqrt(p)
+    return lambda u: scale * matvec(scale * u)
+
+
+def adam_preconditioned_sharpness(
+    hvp_fn: HvpFn,
+    params: PyTree,
+    opt_state: PyTree,
+    v0: jax.Array,
+    num_steps: int,
+    *,
+    include_bias_correction: bool,
+    k: int = 1,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+) -> Eigenpairs:
+    """Top-``k`` eigenpairs of ``P^{-1/2} H P^{-1/2}``, whose eigenvalues are those of ``P^{-1} H``.
+
+    ``P`` is built by ``adam_preconditioner`` from the ``ScaleByAdamState`` found in ``opt_state``
+    (see there for the two conventions). Ritz vectors are in the whitened coordinates
+    ``P^{1/2} w``. Compare ``values[0]`` with ``adam_threshold(lr, b1)``.
+    """
+    p = adam_preconditioner(
+        find_adam_state(opt_state),
+        include_bias_correction=include_bias_correction,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+    )
+    matvec = preconditioned_matvec(flat_matvec(hvp_fn, params), p.astype(v0.dtype))
+    return top_eigenpairs(matvec, v0, num_steps, k)
+
+
+def sgd_threshold(lr: float) -> float:
+    """``2 / lr``: gradient descent is unstable along directions with curvature above it.
+
+    On a quadratic, GD multiplies the component along an eigenvalue ``lambda`` by ``1 - lr lambda``;
+    full-batch training sits at this edge of stability (Cohen et al. 2021, ICLR).
+    """
+    return 2.0 / lr
+
+
+def adam_threshold(lr: float, b1: float = 0.9) -> float:
+    """``(2 + 2 b1) / ((1 - b1) lr)`` (``38 / lr`` at ``b1 = 0.9``): Adam's stability threshold.
+
+    The threshold of EMA-style momentum ``m <- b1 m + (1 - b1) g, w <- w - lr P^{-1} m`` on a
+    quadratic, at which full-batch Adam's preconditioned sharpness ``lambda_max(P^{-1} H)``
+    equilibrates (Cohen et al. 2022, "Adaptive gradient methods at the edge of stability"). It
+    assumes the ``include_bias_correction=True`` form of ``P``.
+    """
+    return (2.0 + 2.0 * b1) / ((1.0 - b1) * lr)
+
+
+# ---------------------------------------------------------------------------------------------
+# One call per measurement
+# ---------------------------------------------------------------------------------------------
+
+
+class CurvatureSummary(NamedTuple):
+    """Fixed-shape curvature numbers of one model (``L`` blocks); vmapping adds a model axis."""
+
+    top_eigenvalues: jax.Array  # (k,) descending
+    top_residuals: jax.Array  # (k,) ||H y - theta y||
+    bottom_eigenvalues: jax.Array  # (k,) ascending
+    bottom_residuals: jax.Array  # (k,)
+    trace: jax.Array  # () Hutchinson
+    trace_stderr: jax.Array  # ()
+    block_top_eigenvalues: jax.Array  # (L,)
+    block_top_residuals: jax.Array  # (L,)
+    block_traces: jax.Array  # (L,)
+    block_trace_stderrs: jax.Array  # (L,)
+
+
+def curvature_summary(
+    hvp_fn: HvpFn,
+    params: PyTree,
+    key: jax.Array,
+    *,
+    top_k: int = 5,
+    num_lanczos_steps: int = 30,
+    num_trace_probes: int = 10,
+    block_paths: Sequence[Path] | None = None,
+) -> CurvatureSummary:
+    """Top/bottom eigenvalues, trace and per-block (default: per-layer) sharpness and trace.
+
+    ``hvp_fn(params, v)``: e.g. ``functools.partial(hvp, loss_fn)`` or ``make_chunked_hvp(...)``.
+    One Lanczos run of ``num_lanczos_steps`` gives both ends of the spectrum (``top_k`` each).
+    Each block gets its own ``num_lanczos_steps``-step run and ``num_trace_probes`` Hutchinson
+    probes on the masked operator ``M H M`` (``masked_matvec``), all blocks in one ``lax.map`` so
+    the compiled program does not grow with the number of layers. ``M H M`` has the spectrum of
+    ``H_bb`` plus zeros, which only matters if the block's Krylov space is exhausted (more steps
+    than it has dimensions): then its top Ritz value tends to ``max(lambda_max(H_bb), 0)``. Start
+    vectors and probes come from ``key`` only: vmapping over models with ``key`` unbatched gives
+    every model the same probes. Cost, with ``m`` steps, ``p`` probes and ``L`` blocks:
+    ``m + 2 top_k + p + L (m + 1 + p)`` HVPs.
+    """
+    block_paths = layer_paths(params) if block_paths is None else block_paths
+    n, dtype = _flat_size_and_dtype(params)
+    matvec = flat_matvec(hvp_fn, params)
+    k_v0, k_trace, k_blocks = jax.random.split(key, 3)
+    run = lanczos(matvec, jax.random.normal(k_v0, (n,), dtype), num_lanczos_steps)
+    # Both ends in one call: one traced matvec for the residuals instead of two (compile time).
+    m = num_lanczos_steps
+    both = _ritz_pairs(matvec, run, np.r_[np.arange(m - 1, m - 1 - top_k, -1), np.arange(top_k)])
+    top, bottom = (
+        jax.tree.map(lambda a, part=part: a[part], both)
+        for part in (slice(top_k), slice(top_k, None))
+    )
+    trace = hutchinson_trace(matvec, k_trace, num_trace_probes, n, dtype)
+    masks = jnp.stack([block_mask(params, path) for path in block_paths])
+    keys = jax.random.split(k_blocks, len(block_paths))
+    top_b, res_b, tr_b, se_b = lax.map(
+        lambda mk: _block_numbers(
+            masked_matvec(matvec, mk[0]), mk[0], mk[1], num_lanczos_steps, num_trace_probes
+        ),
+        (masks, keys),
+    )
+    return CurvatureSummary(
+        top.values,
+        top.residuals,
+        bottom.values,
+        bottom.residuals,
+        trace.estimate,
+        trace.stderr,
+        top_b,
+        res_b,
+        tr_b,
+        se_b,
+    )
+
+
+def _block_numbers(matvec, mask, key, num_steps, num_probes):
+    # The start vector lies in the block and M H M keeps it there, so the Krylov space does too
+    # until it is exhausted; only breakdown restarts leave the block, and they add exact zeros.
+    k_v0, k_trace = jax.random.split(key)
+    v0 = mask * jax.random.normal(k_v0, mask.shape, mask.dtype)
+    top = ritz_pairs(matvec, lanczos(matvec, v0, num_steps), 1)
+    # z^T M H M z = (M z)^T H_bb (M z): Rademacher probes of the block alone.
+    trace = hutchinson_trace(matvec, k_trace, num_probes, mask.shape[0], mask.dtype)
+    return top.values[0], top.residuals[0], trace.estimate, trace.stderr

@@ -1,0 +1,200 @@
+"""The grid: every model of a sweep trained by one compiled program.
+
+Layout. A grid has two leading model axes, ``(S, V)``: S seeds, and V variants (an input
+transform and a learning rate) per seed. Models that share a seed share their initial weights
+and their minibatch order (the controlled comparison of the posts), so the V variants of a seed
+all multiply the *same* raw minibatch; with the transform folded into the first layer's weights
+(``models.fold_input_affine``) XLA computes their first layers as one wide GEMM. The flat model
+index is ``s * V + v``.
+
+``train_epoch`` is one ``lax.scan`` over the epoch's minibatches whose body is
+``vmap(vmap(train_step))``; the uint8 data is an argument that lives on the device once, shared
+by every model. Evaluation on the test set follows in the same compiled call.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from scalelab import train
+from scalelab.train import Batch, Hypers, StepMetrics
+
+
+class DeviceData(NamedTuple):
+    train_x: jax.Array  # (N, D) uint8
+    train_y: jax.Array  # (N,) int32
+    test_x: jax.Array  # (Nt, D) uint8
+    test_y: jax.Array  # (Nt,) int32
+
+
+class EpochMetrics(NamedTuple):
+    """Per model, shape (S, V) each."""
+
+    train_loss: jax.Array
+    train_acc: jax.Array
+    test_loss: jax.Array
+    test_acc: jax.Array
+    grad_norm: jax.Array
+    stopped: jax.Array
+    diverged: jax.Array
+
+
+@dataclass(frozen=True)
+class Program:
+    """Everything static about a grid: changing any field compiles a new program."""
+
+    model: object  # a Flax module (hashable)
+    loss_fn: train.LossFn
+    direction: optax.GradientTransformation
+    batch_size: int
+    patience: int
+    eval_chunk: int = 1000
+
+    def num_steps(self, num_train: int) -> int:
+        return math.ceil(num_train / self.batch_size)
+
+
+def seed_keys(seeds) -> tuple[jax.Array, jax.Array]:
+    """(init keys, data-order keys), shape (S, 2) each; a model's randomness is its seed's alone."""
+    keys = jax.vmap(lambda s: jax.random.split(jax.random.PRNGKey(s)))(jnp.asarray(seeds))
+    return keys[:, 0], keys[:, 1]
+
+
+def init_grid(program: Program, init_keys: jax.Array, num_variants: int, input_dim: int):
+    """States with leading axes (S, V); the V variants of a seed start from identical weights."""
+
+    def one_seed(key):
+        state = train.init_state(program.model, program.direction, key, input_dim)
+        return jax.tree.map(lambda x: jnp.broadcast_to(x, (num_variants, *jnp.shape(x))), state)
+
+    return jax.vmap(one_seed)(init_keys)
+
+
+def epoch_order(program: Program, order_key: jax.Array, epoch, num_train: int) -> jax.Array:
+    """The epoch's minibatch indices, (steps, B): a fresh shuffle per (seed, epoch).
+
+    The last batch is padded with indices from the start of the shuffle; their weight is zero,
+    so it counts like Keras' smaller last batch.
+    """
+    steps = program.num_steps(num_train)
+    perm = jax.random.permutation(jax.random.fold_in(order_key, epoch), num_train)
+    pad = steps * program.batch_size - num_train
+    return jnp.concatenate([perm, perm[:pad]]).reshape(steps, program.batch_size)
+
+
+def _pad_weights(steps: int, batch_size: int, num_real: int) -> jax.Array:
+    return (jnp.arange(steps * batch_size) < num_real).astype(jnp.float32).reshape(steps, batch_size)
+
+
+def train_epoch(program: Program, states, hypers: Hypers, data: DeviceData, order_keys, epoch):
+    """One epoch for every model of the grid; returns (states, EpochMetrics).
+
+    ``states``: (S, V, ...); ``hypers``: (V, ...); ``order_keys``: (S, 2); ``epoch``: int32.
+    """
+    num_train = data.train_x.shape[0]
+    steps = program.num_steps(num_train)
+    orders = jax.vmap(lambda k: epoch_order(program, k, epoch, num_train))(order_keys)
+    weights = _pad_weights(steps, program.batch_size, num_train)
+
+    step = jax.vmap(
+        lambda s, h, b: train.train_step(program.model, program.loss_fn, program.direction, s, h, b, epoch),
+        in_axes=(0, 0, None),  # variants share their seed's minibatch
+    )
+    step = jax.vmap(step, in_axes=(0, None, 0))  # seeds: own minibatches, same hypers
+
+    def body(carry, xs):
+        states, sums = carry
+        order, weight = xs  # (S, B), (B,)
+        batch = Batch(
+            x=data.train_x[order].astype(jnp.float32),
+            y=data.train_y[order],
+            weight=jnp.broadcast_to(weight, order.shape),
+        )
+        states, metrics = step(states, hypers, batch)
+        return (states, jax.tree.map(jnp.add, sums, metrics)), None
+
+    shape = order_keys.shape[:1] + hypers.lr.shape
+    zero_sums = jax.tree.map(lambda z: jnp.broadcast_to(z, shape), StepMetrics.zeros())
+    (states, sums), _ = jax.lax.scan(body, (states, zero_sums), (orders.swapaxes(0, 1), weights))
+
+    test_loss, test_acc = evaluate(program, states.params, hypers, data.test_x, data.test_y)
+    status = jax.vmap(jax.vmap(lambda st, tl: train.end_of_epoch(st, tl, epoch, program.patience)))(
+        states.status, test_loss
+    )
+    states = states._replace(status=status)
+    metrics = EpochMetrics(
+        train_loss=sums.loss_sum / sums.examples,
+        train_acc=sums.correct_sum / sums.examples,
+        test_loss=test_loss,
+        test_acc=test_acc,
+        grad_norm=sums.grad_norm_sum / sums.count,
+        stopped=status.stopped,
+        diverged=status.diverged,
+    )
+    return states, metrics
+
+
+def evaluate(program: Program, params, hypers: Hypers, x_u8: jax.Array, y: jax.Array):
+    """Mean loss and accuracy of every model on (x, y); params (S, V, ...) -> (S, V) each.
+
+    The examples are scanned in chunks, shared by all models, so memory stays
+    O(models x chunk) whatever the test set's size.
+    """
+    num = x_u8.shape[0]
+    chunk = min(program.eval_chunk, num)
+    num_chunks = math.ceil(num / chunk)
+    pad = num_chunks * chunk - num
+    xs = jnp.concatenate([x_u8, x_u8[:pad]]).reshape(num_chunks, chunk, -1)
+    ys = jnp.concatenate([y, y[:pad]]).reshape(num_chunks, chunk)
+    ws = _pad_weights(num_chunks, chunk, num)
+
+    one = lambda p, h, b: train.eval_batch(program.model, program.loss_fn, p, h, b)  # noqa: E731
+    per_model = jax.vmap(jax.vmap(one, in_axes=(0, 0, None)), in_axes=(0, None, None))
+
+    def body(total, chunk_xs):
+        cx, cy, cw = chunk_xs
+        return total + per_model(params, hypers, Batch(cx.astype(jnp.float32), cy, cw)), None
+
+    shape = jax.tree.leaves(params)[0].shape[:2] + (2,)
+    totals, _ = jax.lax.scan(body, jnp.zeros(shape, jnp.float32), (xs, ys, ws))
+    return totals[..., 0] / num, totals[..., 1] / num
+
+
+def estimate_bytes_per_model(num_params: int, widths: tuple[int, ...], batch_size: int, eval_chunk: int) -> int:
+    """A generous upper bound on one model's device memory inside the compiled epoch.
+
+    Parameters, optimiser state (up to two moments), gradients, updates, the masked copies and
+    the donated double buffer: ~10 copies of the parameters; plus forward/backward activations
+    of one minibatch and of one evaluation chunk, float32.
+    """
+    activations = (batch_size * 3 + eval_chunk) * sum(widths) * 4
+    return 10 * num_params * 4 + activations
+
+
+def split_chunks(num_seeds: int, num_variants: int, max_models: int) -> list[tuple[slice, slice]]:
+    """Splits the (S, V) grid into (seed slice, variant slice) chunks of at most ``max_models``.
+
+    Whole seeds are kept together where possible, since a seed's variants share minibatches.
+    """
+    max_models = max(1, max_models)
+    if num_seeds * num_variants <= max_models:
+        return [(slice(0, num_seeds), slice(0, num_variants))]
+    if num_variants <= max_models:
+        per = max_models // num_variants
+        return [(slice(s, min(s + per, num_seeds)), slice(0, num_variants)) for s in range(0, num_seeds, per)]
+    return [
+        (slice(s, s + 1), slice(v, min(v + max_models, num_variants)))
+        for s in range(num_seeds)
+        for v in range(0, num_variants, max_models)
+    ]
+
+
+def to_numpy(tree):
+    return jax.tree.map(np.asarray, jax.device_get(tree))

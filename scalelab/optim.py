@@ -1,0 +1,55 @@
+"""Optimisers through optax, with the learning rate kept out of the transformation.
+
+``make_direction`` returns an optax ``GradientTransformation`` whose output is the update per
+unit learning rate; the training step subtracts ``lr * direction``. Why: the learning rate is a
+*vmapped* number (one per model of a grid), while the optimiser's kind is static (it changes
+the compiled program). Defaults follow Keras, since the questions we reproduce used Keras.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import optax
+
+from scalelab.errors import UsageError
+
+DEFAULT_LR = {"adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3, "sgd": 1e-2, "momentum": 1e-2}
+OPTIMIZERS = tuple(DEFAULT_LR)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Static optimiser settings (Keras defaults). The learning rate is a grid axis instead."""
+
+    name: str = "adam"
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-7  # Keras' epsilon; optax's own default is 1e-8
+    momentum: float = 0.9
+    rho: float = 0.9  # RMSprop's decay
+    weight_decay: float = 0.004  # Keras AdamW's default
+
+    def __post_init__(self):
+        if self.name not in DEFAULT_LR:
+            raise UsageError(f"unknown optimizer {self.name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def make_direction(config: OptimizerConfig) -> optax.GradientTransformation:
+    """The optimiser without its learning rate (``adam`` = ``scale_by_adam``, Kingma & Ba 2015).
+
+    Adam here bias-corrects both moments and adds ``eps`` outside the square root, as optax
+    does; Keras adds an un-corrected ``eps`` (Kingma & Ba's "epsilon hat"), a difference that
+    only matters while ``sqrt(v)`` is near ``eps``.
+    """
+    if config.name == "sgd":
+        return optax.identity()
+    if config.name == "momentum":
+        # Keras SGD(momentum=m): v <- m v - lr g; with a constant lr that is -lr * trace(g).
+        return optax.trace(decay=config.momentum)
+    if config.name == "rmsprop":
+        return optax.scale_by_rms(decay=config.rho, eps=config.eps)
+    adam = optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps)
+    if config.name == "adamw":
+        return optax.chain(adam, optax.add_decayed_weights(config.weight_decay))
+    return adam

@@ -1,0 +1,228 @@
+"""Run-directory I/O: every write is atomic (temp file + fsync + rename), so a run killed at any
+moment leaves either the previous complete file or the new one, never half of either.
+
+A run directory holds ``config.json`` (the RunConfig), ``metrics.csv`` (one row per model per
+epoch), ``summary.json`` (final values per model and per input transform), ``checkpoint.npz``
+(the whole grid state plus the rows so far, for ``--resume``) and ``status.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scalelab.config import RunConfig
+from scalelab.errors import ScalelabError
+
+METRIC_COLUMNS = (
+    "model", "seed", "inputs", "lr", "epoch", "train_loss", "train_acc", "test_loss", "test_acc",
+    "grad_norm", "stopped", "diverged",
+)  # fmt: skip
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Writes ``payload`` to ``path`` so that readers see the old file or the new, never a mix."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise ScalelabError(f"cannot write in {path.parent}: {err.strerror}; choose a writable --out") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise ScalelabError(
+            f"writing {path} failed ({err.strerror}); the previous version is intact — free space "
+            "or choose another --out, then --resume"
+        ) from None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ScalelabError(f"{path} is missing; is {Path(path).parent} a scalelab run directory?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ScalelabError(f"{path} is not valid JSON ({err}); the run directory is damaged") from None
+
+
+def metrics_csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_value(row[k]) for k in METRIC_COLUMNS})
+    return out.getvalue()
+
+
+def _csv_value(value):
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float):
+        return repr(value)  # shortest exact round trip; nan/inf as 'nan'/'inf'
+    return value
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Reads metrics.csv back with numbers as numbers."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    ints, bools, strs = {"model", "seed", "epoch"}, {"stopped", "diverged"}, {"inputs"}
+    parsed = []
+    for row in rows:
+        parsed.append({
+            k: int(v) if k in ints else bool(int(v)) if k in bools else v if k in strs else float(v)
+            for k, v in row.items()
+        })  # fmt: skip
+    return parsed
+
+
+class RunDir:
+    """A run directory. ``create`` refuses to overwrite another run; ``open`` reads one back."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    config_path = property(lambda self: self.path / "config.json")
+    metrics_path = property(lambda self: self.path / "metrics.csv")
+    summary_path = property(lambda self: self.path / "summary.json")
+    checkpoint_path = property(lambda self: self.path / "checkpoint.npz")
+    status_path = property(lambda self: self.path / "status.json")
+
+    @classmethod
+    def create(cls, path: Path, config: RunConfig) -> RunDir:
+        run = cls(path)
+        if run.config_path.exists():
+            raise ScalelabError(
+                f"{run.path} already holds a run; continue it with --resume {run.path} or choose another --out"
+            )
+        try:
+            run.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ScalelabError(f"cannot create {run.path}: {err.strerror}; choose a writable --out") from None
+        write_json(run.config_path, config.to_dict())
+        run.write_status("running")
+        return run
+
+    @classmethod
+    def open(cls, path: Path) -> RunDir:
+        run = cls(path)
+        if not run.path.is_dir():
+            raise ScalelabError(f"{run.path} is not a directory; pass a run directory written by scale_grid")
+        if not run.config_path.exists():
+            raise ScalelabError(f"{run.path} is not a scalelab run directory (no config.json)")
+        return run
+
+    def config(self) -> RunConfig:
+        return RunConfig.from_dict(read_json(self.config_path))
+
+    def write_status(self, state: str, **extra) -> None:
+        write_json(self.status_path, {"state": state, **extra})
+
+    def status(self) -> dict[str, Any]:
+        return read_json(self.status_path) if self.status_path.exists() else {"state": "unknown"}
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        atomic_write_text(self.metrics_path, metrics_csv(rows))
+
+    def metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            raise ScalelabError(f"{self.metrics_path} is missing; the run has not finished an epoch")
+        return read_metrics(self.metrics_path)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json(self.summary_path, _json_safe(summary))
+
+    def save_checkpoint(self, leaves: list[np.ndarray], meta: dict[str, Any]) -> None:
+        """Saves the grid state's leaves and a JSON ``meta`` (position, rows so far) in one file."""
+        arrays = {f"leaf_{i:05d}": leaf for i, leaf in enumerate(leaves)}
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write_bytes(self.checkpoint_path, buffer.getvalue())
+
+    def load_checkpoint(self) -> tuple[list[np.ndarray], dict[str, Any]] | None:
+        if not self.checkpoint_path.exists():
+            return None
+        try:
+            with np.load(self.checkpoint_path) as npz:
+                meta = json.loads(npz["meta"].tobytes().decode())
+                count = len([k for k in npz.files if k.startswith("leaf_")])
+                leaves = [npz[f"leaf_{i:05d}"] for i in range(count)]
+        except Exception as err:  # zip, JSON and key errors all mean the same thing here
+            raise ScalelabError(
+                f"{self.checkpoint_path} is damaged ({type(err).__name__}); delete it to restart the run from scratch"
+            ) from None
+        return leaves, meta
+
+
+def _json_safe(obj):
+    """NaN/inf become null in summary.json (strict JSON), since browsers and jq reject NaN."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+FINAL_FIELDS = ("train_loss", "train_acc", "test_loss", "test_acc", "grad_norm")
+
+
+def final_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each model's row at the last epoch it trained (its stop or divergence epoch, else the last)."""
+    by_model: dict[int, list[dict]] = {}
+    for row in rows:
+        by_model.setdefault(row["model"], []).append(row)
+    finals = []
+    for model_rows in by_model.values():
+        model_rows = sorted(model_rows, key=lambda r: r["epoch"])
+        ended = [r for r in model_rows if r["stopped"] or r["diverged"]]
+        finals.append(ended[0] if ended else model_rows[-1])
+    return sorted(finals, key=lambda r: r["model"])
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final values per model, and mean/min/max over models per input transform (and lr).
+
+    Aggregates are over the models that did not diverge; ``diverged`` counts the others.
+    """
+    finals = final_rows(rows)
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for row in finals:
+        groups.setdefault((row["inputs"], row["lr"]), []).append(row)
+    per_group = []
+    for (inputs, lr), members in groups.items():
+        healthy = [r for r in members if not r["diverged"]]
+        entry = {"inputs": inputs, "lr": lr, "models": len(members), "diverged": len(members) - len(healthy),
+                 "stopped": sum(r["stopped"] for r in members)}  # fmt: skip
+        for field in FINAL_FIELDS:
+            values = np.array([r[field] for r in healthy], dtype=np.float64)
+            entry[field] = (
+                {"mean": float(values.mean()), "min": float(values.min()), "max": float(values.max())}
+                if len(values)
+                else None
+            )
+        per_group.append(entry)
+    return {"models": finals, "by_inputs": per_group}

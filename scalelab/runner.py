@@ -1,0 +1,258 @@
+"""The host loop around the compiled grid: chunks, epochs, checkpoints, progress, rows.
+
+The compiled ``grid.train_epoch`` does all the arithmetic; this module only moves its outputs
+to rows and files. Chunks run one after another (each to its last epoch), and after every epoch
+the chunk's whole state and every row so far are checkpointed atomically, so a killed run
+resumes bit-identically from its last finished epoch.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scalelab import grid as grid_lib
+from scalelab.config import RunConfig, config_differences
+from scalelab.errors import ScalelabError, UsageError
+from scalelab.losses import get_loss
+from scalelab.models import make_model
+from scalelab.optim import make_direction
+from scalelab.results import RunDir
+from scalelab.train import Hypers
+from scalelab.transforms import fit_affine, parse_transform
+
+
+@dataclass(frozen=True)
+class ModelId:
+    """One model of the grid: its flat index and the grid coordinates it was trained at."""
+
+    index: int
+    seed: int
+    inputs: str
+    lr: float
+
+
+@dataclass(frozen=True)
+class GridPlan:
+    """A config resolved against its data: the compiled program, the axes and the constants."""
+
+    config: RunConfig
+    program: grid_lib.Program
+    seeds: tuple[int, ...]
+    variants: tuple[tuple[str, float], ...]  # (input transform name, lr), the V axis
+    hypers: Hypers  # numpy, leading axis V
+    data: grid_lib.DeviceData  # numpy; put on the device by the caller
+
+    @property
+    def models(self) -> list[ModelId]:
+        return [
+            ModelId(s * len(self.variants) + v, seed, name, lr)
+            for s, seed in enumerate(self.seeds)
+            for v, (name, lr) in enumerate(self.variants)
+        ]
+
+
+def prepare_arrays(dataset, config: RunConfig):
+    """Flattens and limits the dataset: (train_x, train_y, test_x, test_y) as uint8/int32."""
+    train_x = dataset.train_images.reshape(len(dataset.train_images), -1)
+    test_x = dataset.test_images.reshape(len(dataset.test_images), -1)
+    train_y = dataset.train_labels.astype(np.int32)
+    test_y = dataset.test_labels.astype(np.int32)
+    limit, test_limit = config.data.train_limit, config.data.test_limit
+    for name, value, available in (("--train-limit", limit, len(train_x)), ("--test-limit", test_limit, len(test_x))):
+        if value is not None and not 0 < value <= available:
+            raise UsageError(f"{name} {value} must be between 1 and {available} (the split's size)")
+    if limit is not None:
+        train_x, train_y = train_x[:limit], train_y[:limit]
+    if test_limit is not None:
+        test_x, test_y = test_x[:test_limit], test_y[:test_limit]
+    if config.train.batch_size > len(train_x):
+        raise UsageError(
+            f"--batch-size {config.train.batch_size} is larger than the {len(train_x)} training "
+            "examples; lower it or raise --train-limit"
+        )
+    return train_x, train_y, test_x, test_y
+
+
+def plan_grid(config: RunConfig, dataset) -> GridPlan:
+    train_x, train_y, test_x, test_y = prepare_arrays(dataset, config)
+    transforms = [parse_transform(name) for name in config.grid.inputs]
+    constants = [fit_affine(t, train_x) for t in transforms]
+    variants = tuple((t.name, float(lr)) for t in transforms for lr in config.grid.lrs)
+    per_variant = [(c, lr) for c in constants for lr in config.grid.lrs]
+    hypers = Hypers(
+        shift=np.stack([c.shift for c, _ in per_variant]),
+        scale=np.stack([c.scale for c, _ in per_variant]),
+        lr=np.asarray([lr for _, lr in per_variant], np.float32),
+    )
+    model = make_model(config.model.hidden, dataset.num_classes, config.model.activation, config.model.init)
+    program = grid_lib.Program(
+        model=model,
+        loss_fn=get_loss(config.train.loss),
+        direction=make_direction(config.optimizer),
+        batch_size=config.train.batch_size,
+        patience=config.train.patience,
+    )
+    return GridPlan(
+        config=config,
+        program=program,
+        seeds=tuple(range(config.grid.seeds)),
+        variants=variants,
+        hypers=hypers,
+        data=grid_lib.DeviceData(train_x, train_y, test_x, test_y),
+    )
+
+
+def epoch_rows(plan: GridPlan, chunk, epoch: int, metrics: grid_lib.EpochMetrics) -> list[dict]:
+    """Turns one chunk's (S_c, V_c) metrics into rows (epoch is 1-based, as Keras prints it)."""
+    seed_slice, variant_slice = chunk
+    m = grid_lib.to_numpy(metrics)
+    rows = []
+    num_variants = len(plan.variants)
+    for i, s in enumerate(range(len(plan.seeds))[seed_slice]):
+        for j, v in enumerate(range(num_variants)[variant_slice]):
+            name, lr = plan.variants[v]
+            rows.append({
+                "model": s * num_variants + v, "seed": plan.seeds[s], "inputs": name, "lr": lr,
+                "epoch": epoch + 1,
+                "train_loss": float(m.train_loss[i, j]), "train_acc": float(m.train_acc[i, j]),
+                "test_loss": float(m.test_loss[i, j]), "test_acc": float(m.test_acc[i, j]),
+                "grad_norm": float(m.grad_norm[i, j]),
+                "stopped": bool(m.stopped[i, j]), "diverged": bool(m.diverged[i, j]),
+            })  # fmt: skip
+    return rows
+
+
+class StopRequested:
+    """Turns SIGINT/SIGTERM into a flag checked between epochs, so nothing is lost mid-write."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave the defaults alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C means: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Interrupted(ScalelabError):
+    exit_code = 130
+
+
+def run_grid(
+    config: RunConfig,
+    dataset,
+    run_dir: RunDir | None = None,
+    *,
+    resume: bool = False,
+    max_models_per_chunk: int | None = None,
+    on_epoch: Callable[[int, int, list[dict]], None] | None = None,
+) -> tuple[GridPlan, list[dict[str, Any]]]:
+    """Trains the whole grid and returns (plan, rows); writes ``run_dir`` as it goes if given."""
+    plan = plan_grid(config, dataset)
+    chunks = grid_lib.split_chunks(len(plan.seeds), len(plan.variants), max_models_per_chunk or _auto_chunk(plan))
+    rows: list[dict] = []
+    start_chunk, start_epoch, restored = 0, 0, None
+    if resume and run_dir is not None:
+        start_chunk, start_epoch, restored, rows = _restore(run_dir, config, chunks)
+    data = jax.device_put(plan.data)
+    epoch_fn = jax.jit(grid_lib.train_epoch, static_argnums=0, donate_argnums=1)
+    init_fn = jax.jit(grid_lib.init_grid, static_argnums=(0, 2, 3))
+    epochs = config.train.epochs
+    with StopRequested() as stop:
+        for c in range(start_chunk, len(chunks)):
+            seed_slice, variant_slice = chunks[c]
+            seeds = plan.seeds[seed_slice]
+            init_keys, order_keys = grid_lib.seed_keys(seeds)
+            hypers = jax.tree.map(lambda h, vs=variant_slice: jnp.asarray(h[vs]), plan.hypers)
+            num_variants = len(plan.variants[variant_slice])
+            state = init_fn(plan.program, init_keys, num_variants, plan.data.train_x.shape[1])
+            first_epoch = 0
+            if c == start_chunk and restored is not None:
+                state = jax.tree.unflatten(jax.tree.structure(state), [jnp.asarray(x) for x in restored])
+                first_epoch = start_epoch
+            for epoch in range(first_epoch, epochs):
+                state, metrics = epoch_fn(plan.program, state, hypers, data, order_keys, jnp.int32(epoch))
+                rows.extend(epoch_rows(plan, chunks[c], epoch, metrics))
+                done = (c, epoch + 1) if epoch + 1 < epochs else (c + 1, 0)
+                if run_dir is not None:
+                    _checkpoint(run_dir, state, rows, done)
+                if on_epoch is not None:
+                    on_epoch(c, epoch, rows)
+                if stop.requested and done != (len(chunks), 0):
+                    if run_dir is not None:
+                        run_dir.write_status("interrupted", chunk=done[0], epoch=done[1])
+                    where = f"; resume with --resume {run_dir.path}" if run_dir is not None else ""
+                    raise Interrupted(f"stopped after epoch {epoch + 1} of chunk {c + 1}/{len(chunks)}{where}")
+    rows.sort(key=lambda r: (r["model"], r["epoch"]))
+    return plan, rows
+
+
+def _checkpoint(run_dir: RunDir, state, rows: list[dict], done: tuple[int, int]) -> None:
+    # Rows first, then the checkpoint: if killed in between, resume redoes that epoch and
+    # rewrites the same rows bit for bit.
+    run_dir.write_metrics(sorted(rows, key=lambda r: (r["model"], r["epoch"])))
+    leaves = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))]
+    run_dir.save_checkpoint(leaves, {"chunk": done[0], "epoch": done[1], "rows": rows, "time": time.time()})
+
+
+def check_resumable(run_dir: RunDir, config: RunConfig) -> None:
+    """Refuses to continue a run with another config, naming every differing field."""
+    differences = config_differences(run_dir.config(), config)
+    if differences:
+        raise UsageError(
+            f"--resume {run_dir.path}: the command line differs from the run's config.json in "
+            f"{', '.join(differences)}; repeat the original flags or start a new --out"
+        )
+
+
+def _restore(run_dir: RunDir, config: RunConfig, chunks):
+    check_resumable(run_dir, config)
+    loaded = run_dir.load_checkpoint()
+    if loaded is None:
+        return 0, 0, None, []
+    leaves, meta = loaded
+    chunk, epoch, rows = meta["chunk"], meta["epoch"], meta["rows"]
+    if epoch == 0:  # the saved chunk finished: the next one starts fresh
+        return chunk, 0, None, rows
+    return chunk, epoch, leaves, rows
+
+
+def _auto_chunk(plan: GridPlan) -> int:
+    """How many models fit in half the device's memory (all of them, on most machines)."""
+    dummy = jnp.zeros((1, plan.data.train_x.shape[1]))
+    leaves = jax.eval_shape(lambda: plan.program.model.init(jax.random.PRNGKey(0), dummy))
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(leaves))
+    per_model = grid_lib.estimate_bytes_per_model(
+        num_params, plan.config.model.hidden, plan.program.batch_size, plan.program.eval_chunk
+    )
+    return max(1, int(0.5 * _device_memory_bytes() // per_model))
+
+
+def _device_memory_bytes() -> int:
+    stats = jax.devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"])
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -1,0 +1,77 @@
+"""Interruption and resume: a run killed with SIGKILL resumes to bit-identical metrics."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments import scale_grid
+
+from .conftest import write_idx_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+FLAGS = ["--data", "idx", "--epochs", "12", "--seeds", "2", "--hidden", "16", "--batch-size", "8",
+         "--inputs", "/1,/255,zscore", "--no-progress"]  # fmt: skip
+
+
+def _cli(*argv) -> list[str]:
+    return [sys.executable, "-m", "experiments.scale_grid", *map(str, argv)]
+
+
+@pytest.fixture
+def slow_idx(tmp_path):
+    # Large enough that an epoch takes a visible moment, so the kill lands mid-run.
+    return write_idx_folder(tmp_path / "idx", num_train=3000, num_test=200)
+
+
+def _checkpoint_epoch(run: Path):
+    try:
+        with np.load(run / "checkpoint.npz") as npz:
+            return json.loads(npz["meta"].tobytes().decode())["epoch"]
+    except Exception:  # not written yet, or being replaced right now
+        return None
+
+
+def test_sigkill_then_resume_gives_bit_identical_metrics(slow_idx, tmp_path):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    subprocess.run(_cli(*FLAGS, "--data-dir", slow_idx, "--out", reference), check=True, cwd=ROOT, env=env)
+
+    proc = subprocess.Popen(_cli(*FLAGS, "--data-dir", slow_idx, "--out", killed), cwd=ROOT, env=env)
+    deadline = time.time() + 120
+    while (_checkpoint_epoch(killed) or 0) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads((killed / "status.json").read_text())["state"] == "running", "the run ended before the kill"
+    assert 2 <= _checkpoint_epoch(killed) < 12
+
+    subprocess.run(_cli("--resume", killed, "--no-progress"), check=True, cwd=ROOT, env=env)
+    assert (killed / "metrics.csv").read_bytes() == (reference / "metrics.csv").read_bytes()
+    assert json.loads((killed / "status.json").read_text())["state"] == "complete"
+
+
+def test_resume_with_a_different_config_is_refused_naming_the_fields(idx_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    flags = [*FLAGS[:3], "2", *FLAGS[4:], "--data-dir", str(idx_folder)]
+    assert scale_grid.main([*flags, "--out", str(run)]) == 0
+    capsys.readouterr()
+    code = scale_grid.main(["--resume", str(run), "--epochs", "3", "--lr", "0.01", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "train.epochs" in err and "grid.lrs" in err and err.count("\n") == 1
+
+
+def test_a_damaged_checkpoint_is_reported_not_read(idx_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    flags = [*FLAGS[:3], "2", *FLAGS[4:], "--data-dir", str(idx_folder)]
+    assert scale_grid.main([*flags, "--out", str(run)]) == 0
+    (run / "checkpoint.npz").write_bytes(b"PK\x03\x04 half a zip")
+    capsys.readouterr()
+    assert scale_grid.main(["--resume", str(run), "--no-progress"]) == 1
+    assert "checkpoint.npz is damaged" in capsys.readouterr().err

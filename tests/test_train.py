@@ -1,0 +1,120 @@
+"""The per-model step and epoch-end rules, checked on tiny inputs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from scalelab import train
+from scalelab.losses import softmax_cross_entropy
+from scalelab.models import fold_input_affine, make_model
+from scalelab.train import Batch, Hypers, ModelStatus
+
+
+@pytest.fixture
+def setup():
+    model = make_model((8,), 3, "relu", "glorot-uniform")
+    direction = optax.scale_by_adam(eps=1e-7)
+    state = train.init_state(model, direction, jax.random.PRNGKey(0), 5)
+    rng = np.random.default_rng(0)
+    batch = Batch(
+        x=jnp.asarray(rng.integers(0, 256, (6, 5)), jnp.float32),
+        y=jnp.asarray(rng.integers(0, 3, 6), jnp.int32),
+        weight=jnp.ones(6),
+    )
+    hypers = Hypers(shift=jnp.full(5, 10.0), scale=jnp.full(5, 1 / 50), lr=jnp.float32(1e-2))
+    return model, direction, state, batch, hypers
+
+
+def test_folding_the_transform_into_the_first_layer_gives_the_same_logits(setup):
+    model, _, state, batch, hypers = setup
+    direct = model.apply(state.params, (batch.x - hypers.shift) * hypers.scale)
+    folded = model.apply(fold_input_affine(state.params, hypers.shift, hypers.scale), batch.x)
+    np.testing.assert_allclose(folded, direct, rtol=1e-5, atol=1e-6)
+
+
+# Adam's first step is g / (|g| + eps): for near-zero gradients it amplifies the 1e-7 rounding
+# difference between folding the transform and applying it, so Adam is checked on an identity
+# transform (where the fold is exact) and the transform on SGD-family updates.
+@pytest.mark.parametrize(
+    "direction,reference,identity_transform",
+    [
+        (optax.identity(), optax.sgd(1e-2), False),
+        (optax.trace(decay=0.9), optax.sgd(1e-2, momentum=0.9), False),
+        (optax.scale_by_adam(eps=1e-7), optax.adam(1e-2, eps=1e-7), True),
+    ],
+    ids=["sgd", "momentum", "adam"],
+)
+def test_step_matches_a_hand_written_optax_update_on_transformed_inputs(
+    setup, direction, reference, identity_transform
+):
+    model, _, _, batch, hypers = setup
+    state = train.init_state(model, direction, jax.random.PRNGKey(0), 5)
+    if identity_transform:
+        hypers = hypers._replace(shift=jnp.zeros(5), scale=jnp.ones(5), lr=jnp.float32(1e-2))
+    new_state, metrics = train.train_step(model, softmax_cross_entropy, direction, state, hypers, batch, 0)
+
+    def loss(p):
+        return softmax_cross_entropy(model.apply(p, (batch.x - hypers.shift) * hypers.scale), batch.y).mean()
+
+    grads = jax.grad(loss)(state.params)
+    updates, _ = reference.update(grads, reference.init(state.params), state.params)
+    expected = optax.apply_updates(state.params, updates)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), new_state.params, expected)
+    assert int(new_state.step) == 1
+    assert float(metrics.loss_sum) == pytest.approx(float(loss(state.params)) * 6, rel=1e-5)
+
+
+def test_padding_examples_with_zero_weight_do_not_change_the_update(setup):
+    model, direction, state, batch, hypers = setup
+    padded = Batch(
+        x=jnp.concatenate([batch.x, jnp.full((2, 5), 255.0)]),
+        y=jnp.concatenate([batch.y, jnp.zeros(2, jnp.int32)]),
+        weight=jnp.concatenate([batch.weight, jnp.zeros(2)]),
+    )
+    a, _ = train.train_step(model, softmax_cross_entropy, direction, state, hypers, batch, 0)
+    b, _ = train.train_step(model, softmax_cross_entropy, direction, state, hypers, padded, 0)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), a.params, b.params)
+
+
+@pytest.mark.parametrize("flag", ["stopped", "diverged"])
+def test_stopped_or_diverged_models_do_not_change(setup, flag):
+    model, direction, state, batch, hypers = setup
+    state = state._replace(status=state.status._replace(**{flag: jnp.array(True)}))
+    new_state, metrics = train.train_step(model, softmax_cross_entropy, direction, state, hypers, batch, 0)
+    jax.tree.map(np.testing.assert_array_equal, new_state.params, state.params)
+    assert int(new_state.step) == 0 and float(metrics.count) == 0
+
+
+def test_a_non_finite_loss_marks_the_model_diverged_and_keeps_its_last_finite_params(setup):
+    model, direction, state, batch, hypers = setup
+    bad = hypers._replace(scale=jnp.full(5, jnp.inf))
+    new_state, metrics = train.train_step(model, softmax_cross_entropy, direction, state, bad, batch, 3)
+    assert bool(new_state.status.diverged) and int(new_state.status.diverge_epoch) == 3
+    jax.tree.map(np.testing.assert_array_equal, new_state.params, state.params)
+    assert not np.isfinite(float(metrics.loss_sum))  # the diverging epoch's mean shows it
+
+
+def _run_early_stopping(losses, patience):
+    status = ModelStatus.initial()
+    for epoch, loss in enumerate(losses):
+        status = train.end_of_epoch(status, jnp.float32(loss), jnp.int32(epoch), patience)
+    return status
+
+
+def test_early_stopping_follows_keras_patience_semantics():
+    # best at epoch 1; epochs 2 and 3 do not improve -> with patience 2 it stops after epoch 3.
+    status = _run_early_stopping([1.0, 0.9, 0.95, 0.96, 0.5], patience=2)
+    assert bool(status.stopped) and int(status.stop_epoch) == 3
+    assert float(status.best_loss) == pytest.approx(0.9)
+
+
+def test_early_stopping_resets_its_wait_on_improvement_and_is_off_at_patience_zero():
+    assert not bool(_run_early_stopping([1.0, 1.1, 0.8, 0.9, 0.7], patience=2).stopped)
+    assert not bool(_run_early_stopping([1.0, 2.0, 3.0, 4.0], patience=0).stopped)
+
+
+def test_a_non_finite_test_loss_marks_the_model_diverged_not_stopped():
+    status = _run_early_stopping([1.0, float("nan")], patience=1)
+    assert bool(status.diverged) and int(status.diverge_epoch) == 1 and not bool(status.stopped)
