@@ -62,9 +62,7 @@ def chunked_mean(fn: Callable[[PyTree], PyTree], data: PyTree, chunk_size: int) 
     num_full, rest = divmod(n, chunk_size)
     total = None
     if num_full:
-        chunks = jax.tree.map(
-            lambda x: x[: num_full * chunk_size].reshape(num_full, chunk_size, *x.shape[1:]), data
-        )
+        chunks = jax.tree.map(lambda x: x[: num_full * chunk_size].reshape(num_full, chunk_size, *x.shape[1:]), data)
 
         def add(acc, chunk):
             return jax.tree.map(jnp.add, acc, fn(chunk)), None
@@ -74,16 +72,12 @@ def chunked_mean(fn: Callable[[PyTree], PyTree], data: PyTree, chunk_size: int) 
         total, _ = lax.scan(add, fn(first), rest_chunks)
         total = jax.tree.map(lambda t: t * chunk_size, total)
     if rest:
-        tail = jax.tree.map(
-            lambda t: t * rest, fn(jax.tree.map(lambda x: x[num_full * chunk_size :], data))
-        )
+        tail = jax.tree.map(lambda t: t * rest, fn(jax.tree.map(lambda x: x[num_full * chunk_size :], data)))
         total = tail if total is None else jax.tree.map(jnp.add, total, tail)
     return jax.tree.map(lambda t: t / n, total)
 
 
-def make_chunked_hvp(
-    batch_loss_fn: Callable[[PyTree, PyTree], jax.Array], data: PyTree, chunk_size: int
-) -> HvpFn:
+def make_chunked_hvp(batch_loss_fn: Callable[[PyTree, PyTree], jax.Array], data: PyTree, chunk_size: int) -> HvpFn:
     """``hvp_fn(params, v)`` of the full-batch mean loss over ``data``, accumulated over chunks.
 
     ``batch_loss_fn(params, batch)`` is the mean loss over ``batch``. Because the HVP is linear
@@ -93,9 +87,7 @@ def make_chunked_hvp(
     """
 
     def hvp_fn(params: PyTree, v: PyTree) -> PyTree:
-        return chunked_mean(
-            lambda batch: hvp(lambda p: batch_loss_fn(p, batch), params, v), data, chunk_size
-        )
+        return chunked_mean(lambda batch: hvp(lambda p: batch_loss_fn(p, batch), params, v), data, chunk_size)
 
     return hvp_fn
 
@@ -284,9 +276,7 @@ def lanczos(matvec: Matvec, v0: jax.Array, num_steps: int) -> LanczosResult:
         betas = betas.at[j].set(jnp.where(broke, 0, beta))
         return basis, alphas, betas, norm_est
 
-    basis, alphas, betas, _ = lax.fori_loop(
-        0, num_steps, step, (basis, zeros, zeros, jnp.zeros((), dtype))
-    )
+    basis, alphas, betas, _ = lax.fori_loop(0, num_steps, step, (basis, zeros, zeros, jnp.zeros((), dtype)))
     return LanczosResult(alphas, betas[:-1], betas[-1], basis)
 
 
@@ -308,9 +298,7 @@ class Eigenpairs(NamedTuple):
     residual_bounds: jax.Array  # (k,) |beta_last * s_{m,i}|: the free Lanczos estimate of the same
 
 
-def ritz_pairs(
-    matvec: Matvec, result: LanczosResult, k: int, *, largest: bool = True
-) -> Eigenpairs:
+def ritz_pairs(matvec: Matvec, result: LanczosResult, k: int, *, largest: bool = True) -> Eigenpairs:
     """The ``k`` largest (descending) or smallest (ascending) Ritz pairs, with true residuals.
 
     The residual is computed with ``k`` real matvecs (``lax.map``, one at a time to bound
@@ -327,10 +315,23 @@ def _ritz_pairs(matvec: Matvec, result: LanczosResult, idx: np.ndarray) -> Eigen
     theta, s = jnp.linalg.eigh(tridiagonal(result))  # ascending
     values, coeffs = theta[idx], s[:, idx]
     vectors = coeffs.T @ result.basis
-    residuals = lax.map(
-        lambda yt: jnp.linalg.norm(matvec(yt[0]) - yt[1] * yt[0]), (vectors, values)
-    )
+    residuals, _ = _row_products(matvec, vectors, values)
     return Eigenpairs(values, vectors, residuals, jnp.abs(result.beta_last * coeffs[-1]))
+
+
+def _row_products(matvec: Matvec, rows: jax.Array, shifts: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(||H x_i - shift_i x_i||, x_i^T H x_i)`` for each row, one matvec at a time (``lax.map``).
+
+    Ritz residuals and Hutchinson samples are both this; one call for both keeps a single traced
+    matvec in the compiled program, and only scalars leave the loop (no ``(rows, n)`` products).
+    """
+
+    def products(row_shift):
+        x, shift = row_shift
+        hx = matvec(x)
+        return jnp.linalg.norm(hx - shift * x), jnp.vdot(x, hx)
+
+    return lax.map(products, (rows, shifts))
 
 
 def top_eigenpairs(matvec: Matvec, v0: jax.Array, num_steps: int, k: int) -> Eigenpairs:
@@ -377,9 +378,7 @@ class TraceEstimate(NamedTuple):
     stderr: jax.Array  # () sample std (ddof=1) / sqrt(num_probes)
 
 
-def hutchinson_trace(
-    matvec: Matvec, key: jax.Array, num_probes: int, dim: int, dtype=None
-) -> TraceEstimate:
+def hutchinson_trace(matvec: Matvec, key: jax.Array, num_probes: int, dim: int, dtype=None) -> TraceEstimate:
     """``tr H`` by Hutchinson's (1989) estimator ``mean_i z_i^T H z_i``, ``z_i`` Rademacher.
 
     Unbiased; its variance is ``2 (||H||_F^2 - sum_j H_jj^2) / num_probes``, estimated here by the
@@ -387,8 +386,11 @@ def hutchinson_trace(
     Probes are ``rademacher_probes(key, num_probes, dim, dtype)``, one matvec each (``lax.map``).
     """
     probes = rademacher_probes(key, num_probes, dim, dtype)
-    samples = lax.map(lambda z: jnp.vdot(z, matvec(z)), probes)
-    return TraceEstimate(jnp.mean(samples), jnp.std(samples, ddof=1) / math.sqrt(num_probes))
+    return _trace_estimate(_row_products(matvec, probes, jnp.zeros(num_probes, probes.dtype))[1])
+
+
+def _trace_estimate(samples: jax.Array) -> TraceEstimate:
+    return TraceEstimate(jnp.mean(samples), jnp.std(samples, ddof=1) / math.sqrt(samples.shape[0]))
 
 
 class SpectralDensity(NamedTuple):
@@ -397,9 +399,7 @@ class SpectralDensity(NamedTuple):
     weights: jax.Array  # (num_probes, m) squared first components of T's eigenvectors, sum 1
 
 
-def gaussian_density(
-    grid: jax.Array, nodes: jax.Array, weights: jax.Array, sigma: float
-) -> jax.Array:
+def gaussian_density(grid: jax.Array, nodes: jax.Array, weights: jax.Array, sigma: float) -> jax.Array:
     """``mean_probes sum_i w_i N(t; theta_i, sigma^2)`` on ``grid``, with *normalised* Gaussians.
 
     Each kernel is ``exp(-(t - theta)^2 / (2 sigma^2)) / (sigma sqrt(2 pi))``, so with weights
@@ -450,9 +450,7 @@ def find_adam_state(opt_state: PyTree) -> optax.ScaleByAdamState:
     """The first ``optax.ScaleByAdamState`` inside an optax state (bare, chained, injected, ...)."""
     found = _search_adam_state(opt_state)
     if found is None:
-        raise ValueError(
-            "no optax.ScaleByAdamState in this optimiser state; was it built with adam?"
-        )
+        raise ValueError("no optax.ScaleByAdamState in this optimiser state; was it built with adam?")
     return found
 
 
@@ -471,7 +469,7 @@ def _search_adam_state(node: PyTree) -> optax.ScaleByAdamState | None:
 def adam_preconditioner(
     adam_state: optax.ScaleByAdamState,
     *,
-    include_bias_correction: bool,
+    include_bias_correction: bool | jax.Array,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
@@ -494,9 +492,8 @@ def adam_preconditioner(
     t = adam_state.count
     nu = ravel_pytree(adam_state.nu)[0]
     p = jnp.sqrt(nu / (1 - b2**t).astype(nu.dtype) + eps_root) + eps
-    if include_bias_correction:
-        p = p * (1 - b1**t).astype(nu.dtype)
-    return p
+    # A select, not an ``if``: the flag may be a traced bool (one compiled program for both).
+    return p * jnp.where(include_bias_correction, 1 - b1**t, 1).astype(nu.dtype)
 
 
 def preconditioned_matvec(matvec: Matvec, p: jax.Array) -> Matvec:
@@ -516,7 +513,7 @@ def adam_preconditioned_sharpness(
     v0: jax.Array,
     num_steps: int,
     *,
-    include_bias_correction: bool,
+    include_bias_correction: bool | jax.Array,
     k: int = 1,
     b1: float = 0.9,
     b2: float = 0.999,
@@ -566,19 +563,47 @@ def adam_threshold(lr: float, b1: float = 0.9) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-class CurvatureSummary(NamedTuple):
-    """Fixed-shape curvature numbers of one model (``L`` blocks); vmapping adds a model axis."""
+class SpectrumSummary(NamedTuple):
+    """Both ends of one symmetric operator's spectrum, with error bars, and its trace."""
 
     top_eigenvalues: jax.Array  # (k,) descending
     top_residuals: jax.Array  # (k,) ||H y - theta y||
     bottom_eigenvalues: jax.Array  # (k,) ascending
     bottom_residuals: jax.Array  # (k,)
-    trace: jax.Array  # () Hutchinson
-    trace_stderr: jax.Array  # ()
-    block_top_eigenvalues: jax.Array  # (L,)
-    block_top_residuals: jax.Array  # (L,)
-    block_traces: jax.Array  # (L,)
-    block_trace_stderrs: jax.Array  # (L,)
+    trace: jax.Array  # () Hutchinson estimate
+    trace_stderr: jax.Array  # () its standard error
+
+
+def spectrum_summary(
+    matvec: Matvec, v0: jax.Array, key: jax.Array, *, num_steps: int, k: int, num_probes: int
+) -> SpectrumSummary:
+    """Top-``k`` and bottom-``k`` Ritz values with true residuals, plus a Hutchinson trace.
+
+    One ``num_steps`` Lanczos run from ``v0`` serves both ends; the ``2k`` residuals and the
+    ``num_probes`` probes (``rademacher_probes(key, ...)``) share one ``lax.map`` of matvecs.
+    Cost: ``num_steps + 2k + num_probes`` matvecs.
+    """
+    n = v0.shape[0]
+    if not 1 <= k <= num_steps <= n:
+        raise ValueError(f"need 1 <= k={k} <= num_steps={num_steps} <= dimension {n}")
+    run = lanczos(matvec, v0, num_steps)
+    theta, s = jnp.linalg.eigh(tridiagonal(run))  # ascending
+    idx = np.r_[np.arange(num_steps - 1, num_steps - 1 - k, -1), np.arange(k)]
+    vectors = s[:, idx].T @ run.basis
+    probes = rademacher_probes(key, num_probes, n, v0.dtype)
+    shifts = jnp.concatenate([theta[idx], jnp.zeros(num_probes, v0.dtype)])
+    residuals, forms = _row_products(matvec, jnp.concatenate([vectors, probes]), shifts)
+    trace = _trace_estimate(forms[2 * k :])
+    return SpectrumSummary(
+        theta[idx[:k]], residuals[:k], theta[idx[k:]], residuals[k : 2 * k], trace.estimate, trace.stderr
+    )
+
+
+class CurvatureSummary(NamedTuple):
+    """Fixed-shape curvature numbers of one model; vmapping adds a leading model axis."""
+
+    hessian: SpectrumSummary  # of the whole Hessian: fields (k,) or ()
+    blocks: SpectrumSummary  # of each diagonal block H_bb, in block order: fields (L, k) or (L,)
 
 
 def curvature_summary(
@@ -591,60 +616,32 @@ def curvature_summary(
     num_trace_probes: int = 10,
     block_paths: Sequence[Path] | None = None,
 ) -> CurvatureSummary:
-    """Top/bottom eigenvalues, trace and per-block (default: per-layer) sharpness and trace.
+    """``spectrum_summary`` of the Hessian and of each diagonal block (default: each layer).
 
     ``hvp_fn(params, v)``: e.g. ``functools.partial(hvp, loss_fn)`` or ``make_chunked_hvp(...)``.
-    One Lanczos run of ``num_lanczos_steps`` gives both ends of the spectrum (``top_k`` each).
-    Each block gets its own ``num_lanczos_steps``-step run and ``num_trace_probes`` Hutchinson
-    probes on the masked operator ``M H M`` (``masked_matvec``), all blocks in one ``lax.map`` so
-    the compiled program does not grow with the number of layers. ``M H M`` has the spectrum of
-    ``H_bb`` plus zeros, which only matters if the block's Krylov space is exhausted (more steps
-    than it has dimensions): then its top Ritz value tends to ``max(lambda_max(H_bb), 0)``. Start
-    vectors and probes come from ``key`` only: vmapping over models with ``key`` unbatched gives
-    every model the same probes. Cost, with ``m`` steps, ``p`` probes and ``L`` blocks:
-    ``m + 2 top_k + p + L (m + 1 + p)`` HVPs.
+    The whole Hessian and every block are the same computation on a masked operator ``M H M``
+    (``masked_matvec``; ``M = I`` for the whole), run by one ``lax.map``, so the compiled program
+    holds one Lanczos loop and one matvec loop however many layers there are. ``M H M`` has the
+    spectrum of ``H_bb`` plus zeros; the zeros only show if a block's Krylov space is exhausted
+    (more steps than it has dimensions), where its top Ritz value tends to
+    ``max(lambda_max(H_bb), 0)`` and its bottom one to ``min(lambda_min(H_bb), 0)``. All start
+    vectors and probes come from ``key``: vmapping over models with ``key`` unbatched gives every
+    model the same ones. Cost: ``(1 + L) (num_lanczos_steps + 2 top_k + num_trace_probes)`` HVPs.
     """
     block_paths = layer_paths(params) if block_paths is None else block_paths
     n, dtype = _flat_size_and_dtype(params)
     matvec = flat_matvec(hvp_fn, params)
-    k_v0, k_trace, k_blocks = jax.random.split(key, 3)
-    run = lanczos(matvec, jax.random.normal(k_v0, (n,), dtype), num_lanczos_steps)
-    # Both ends in one call: one traced matvec for the residuals instead of two (compile time).
-    m = num_lanczos_steps
-    both = _ritz_pairs(matvec, run, np.r_[np.arange(m - 1, m - 1 - top_k, -1), np.arange(top_k)])
-    top, bottom = (
-        jax.tree.map(lambda a, part=part: a[part], both)
-        for part in (slice(top_k), slice(top_k, None))
-    )
-    trace = hutchinson_trace(matvec, k_trace, num_trace_probes, n, dtype)
-    masks = jnp.stack([block_mask(params, path) for path in block_paths])
-    keys = jax.random.split(k_blocks, len(block_paths))
-    top_b, res_b, tr_b, se_b = lax.map(
-        lambda mk: _block_numbers(
-            masked_matvec(matvec, mk[0]), mk[0], mk[1], num_lanczos_steps, num_trace_probes
-        ),
-        (masks, keys),
-    )
-    return CurvatureSummary(
-        top.values,
-        top.residuals,
-        bottom.values,
-        bottom.residuals,
-        trace.estimate,
-        trace.stderr,
-        top_b,
-        res_b,
-        tr_b,
-        se_b,
-    )
+    masks = jnp.stack([jnp.ones(n, dtype)] + [block_mask(params, path) for path in block_paths])
+    k_v0, k_probes = jax.random.split(key)
+    v0 = jax.random.normal(k_v0, (n,), dtype)
 
+    def one(mask_key):
+        mask, probe_key = mask_key
+        # A masked start stays in the block: M H M maps the block's subspace into itself.
+        return spectrum_summary(
+            masked_matvec(matvec, mask), mask * v0, probe_key,
+            num_steps=num_lanczos_steps, k=top_k, num_probes=num_trace_probes,
+        )  # fmt: skip
 
-def _block_numbers(matvec, mask, key, num_steps, num_probes):
-    # The start vector lies in the block and M H M keeps it there, so the Krylov space does too
-    # until it is exhausted; only breakdown restarts leave the block, and they add exact zeros.
-    k_v0, k_trace = jax.random.split(key)
-    v0 = mask * jax.random.normal(k_v0, mask.shape, mask.dtype)
-    top = ritz_pairs(matvec, lanczos(matvec, v0, num_steps), 1)
-    # z^T M H M z = (M z)^T H_bb (M z): Rademacher probes of the block alone.
-    trace = hutchinson_trace(matvec, k_trace, num_probes, mask.shape[0], mask.dtype)
-    return top.values[0], top.residuals[0], trace.estimate, trace.stderr
+    every = lax.map(one, (masks, jax.random.split(k_probes, len(masks))))
+    return CurvatureSummary(jax.tree.map(lambda a: a[0], every), jax.tree.map(lambda a: a[1:], every))

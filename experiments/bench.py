@@ -1,0 +1,589 @@
+"""Throughput benchmark: one vmapped grid of models against the same models one after another.
+
+    python -m experiments.bench                        # the default study (~3 minutes on 2 cores)
+    python -m experiments.bench --quick                # a tiny run, well under a minute
+    python -m experiments.bench --models 1,8 --batch-sizes 256 --no-curvature --out runs/b.json
+
+Every figure comes from the same process run and is reported against figures of that run: the
+machine's float32 GEMM rate (the ceiling), the training throughput of the default MLP
+(784-128-10 relu, keras-ce, Adam) on Fashion-MNIST as one vmapped grid and as the same models
+trained one at a time, and the time for the top Hessian eigenvalue of many models, vmapped and
+one at a time. Conventions:
+
+* A training sample costs ``6 * num_params`` FLOPs (forward 2N, backward 4N: Kaplan et al. 2020,
+  eq. 2.1). The timed epoch also evaluates every model on ``--test-limit`` test examples (the
+  grid's compiled epoch always does); that work is in the time but not in the FLOP count.
+* ``vmapped_over_sequential`` is a throughput ratio: sequential seconds / vmapped seconds for the
+  same models and work (> 1: the vmapped program is faster).
+* Each program is compiled ahead of time (``jit(...).lower(...).compile()``, reported as
+  ``compile_s``) and run once untimed; its runs are then timed with ``jax.block_until_ready``,
+  best of ``--repeats``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from scalelab import cli
+from scalelab.errors import UsageError
+
+# Nothing from scalelab that imports JAX is imported at module level: --host-devices must set
+# XLA_FLAGS before JAX initialises its backend.
+
+PROG = "bench"
+FLOPS_PER_SAMPLE_PER_PARAM = 6
+BASE_LR = 1e-3  # Keras' Adam default; a grid's variants use BASE_LR * LR_RATIO ** v
+LR_RATIO = 0.8
+VARIANTS_PER_SEED = 8
+CURVATURE_TOL = 1e-3  # Ritz residual / |eigenvalue|
+CURVATURE_CHUNK = 1024  # examples per HVP chunk: bounded memory, as for full-batch curvature
+DEFAULTS = {
+    "models": (1, 8, 32, 128), "batch_sizes": (32, 256), "train_limit": 4096, "test_limit": 256,
+    "repeats": 2, "gemm_size": 4096, "sequential_max": 32, "curvature_models": (1, 16, 64),
+    "curvature_examples": 2048, "lanczos_steps": (8, 16, 24, 32, 48, 64), "curvature_loss": "keras-ce",
+}  # fmt: skip
+QUICK = {
+    "models": (1, 8), "batch_sizes": (32,), "train_limit": 512, "test_limit": 256, "repeats": 1,
+    "gemm_size": 1024, "sequential_max": 8, "curvature_models": (1, 4), "curvature_examples": 512,
+}  # fmt: skip
+
+
+def build_parser() -> cli.Parser:
+    p = cli.Parser(prog=f"python -m experiments.{PROG}", description=__doc__.split("\n\n")[0])
+    flags = [
+        ("--models", cli.int_list, "grid sizes M"),
+        ("--batch-sizes", cli.int_list, "minibatch sizes"),
+        ("--train-limit", cli.positive_int, "training examples per epoch"),
+        ("--test-limit", cli.positive_int, "test examples evaluated inside each timed epoch"),
+        ("--repeats", cli.positive_int, "timed runs per figure, the best kept"),
+        ("--gemm-size", cli.positive_int, "n of the n x n float32 GEMM that measures the ceiling"),
+        ("--sequential-max", cli.positive_int, "time at most this many models one at a time, scaled to M"),
+        ("--curvature-models", cli.int_list, "model counts for the curvature timing"),
+        ("--curvature-examples", cli.positive_int, "examples in the loss whose Hessian is probed"),
+        ("--lanczos-steps", cli.int_list, f"candidate step counts; the smallest reaching {CURVATURE_TOL:g} "
+         "relative residual on model 0 is used"),
+    ]  # fmt: skip
+    for flag, kind, text in flags:
+        default = DEFAULTS[flag[2:].replace("-", "_")]
+        p.add_argument(flag, type=kind, help=f"{text} (default {_csv(default)})")
+    p.add_argument("--curvature-loss", choices=("keras-ce", "ce"), help="loss for the Hessian (default keras-ce)")
+    p.add_argument(
+        "--curvature",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time the top Hessian eigenvalue, vmapped vs one model at a time (default on)",
+    )
+    p.add_argument("--keras", action="store_true", help="also time Keras model.fit of one model, if keras is installed")
+    p.add_argument(
+        "--host-devices",
+        type=cli.positive_int,
+        help="set XLA_FLAGS=--xla_force_host_platform_device_count=N before JAX starts; the devices are "
+        "recorded (the grid may not shard over them)",
+    )
+    cli.add_data_flags(p)
+    p.add_argument("--out", type=Path, help="JSON file to write (default runs/bench-TIMESTAMP.json)")
+    quick = ", ".join(f"{k.replace('_', '-')} {_csv(v)}" for k, v in QUICK.items())
+    p.add_argument("--quick", action="store_true", help=f"tiny run, well under a minute: {quick}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def _csv(value) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
+
+
+def resolve_settings(args) -> dict:
+    """DEFAULTS, overridden by --quick's choices, overridden by every flag given explicitly."""
+    given = {k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None}
+    return {**DEFAULTS, **(QUICK if args.quick else {}), **given}
+
+
+def run(argv) -> int:
+    args = build_parser().parse_args(argv)
+    settings = resolve_settings(args)
+    jax_preloaded = _request_host_devices(args.host_devices)
+    from scalelab.data import load_dataset  # only now: JAX may initialise from here on
+
+    started = time.perf_counter()
+    dataset = load_dataset(args.data or "fashion_mnist", args.data_dir)
+    _validate(settings, dataset)
+    report = {"schema": "scalelab.bench/1", "command": ["python", "-m", f"experiments.{PROG}", *argv]}
+    report["flags"] = {**settings, "curvature": args.curvature, "keras": args.keras, "quick": args.quick,
+                       "host_devices": args.host_devices, "data": args.data or "fashion_mnist"}  # fmt: skip
+    report["environment"] = environment(args.host_devices, jax_preloaded)
+    _say(f"GEMM {settings['gemm_size']}^2 float32")
+    report["gemm"] = gemm_peak(settings["gemm_size"], max(5, settings["repeats"]))
+    peak = report["gemm"]["gemm_peak_gflops"]
+    report["gemm_peak_gflops"] = peak
+    report["training"] = training_bench(settings, dataset, peak)
+    report["keras"] = (
+        keras_bench(settings, dataset) if args.keras else {"requested": False, "available": None, "samples_per_s": None}
+    )
+    report["curvature"] = curvature_bench(settings, dataset) if args.curvature else None
+    report["headline"] = headline(report)
+    report["environment"]["load_average_end"] = list(os.getloadavg())
+    report["wall_s"] = time.perf_counter() - started
+    out = args.out or Path("runs") / f"{PROG}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    _write_json(out, report)
+    print(format_report(report))
+    print(f"\nwall time {report['wall_s']:.0f} s; JSON: {out}")
+    return 0
+
+
+def _say(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+def _request_host_devices(count: int | None) -> bool:
+    """Sets XLA_FLAGS for ``count`` host devices; returns whether JAX was already imported.
+
+    If it was (e.g. in a test process), the flag only takes effect if JAX's backend has not
+    started yet; ``environment`` records the device count JAX actually reports.
+    """
+    preloaded = "jax" in sys.modules
+    if count is not None:
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+    return preloaded
+
+
+def _validate(settings: dict, dataset) -> None:
+    num_train, num_test = len(dataset.train_images), len(dataset.test_images)
+    checks = [
+        ("--train-limit", settings["train_limit"], num_train),
+        ("--test-limit", settings["test_limit"], num_test),
+        ("--curvature-examples", settings["curvature_examples"], num_train),
+        ("--batch-sizes", max(settings["batch_sizes"]), min(settings["train_limit"], num_train)),
+    ]
+    for flag, value, limit in checks:
+        if value > limit:
+            raise UsageError(f"{flag} {value} is more than the {limit} training/test examples available; lower it")
+
+
+def _write_json(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def environment(host_devices: int | None, jax_preloaded: bool) -> dict:
+    import jax
+    import jaxlib
+
+    device = jax.devices()[0]
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "python": platform.python_version(),
+        "platform": device.platform,
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "host_devices_requested": host_devices,
+        "jax_imported_before_flags": jax_preloaded,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "default_matmul_precision": jax.config.jax_default_matmul_precision,
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "load_average_start": list(os.getloadavg()),
+    }
+
+
+# --- 1. the ceiling -----------------------------------------------------------------------------
+
+
+def best_time(fn, repeats: int) -> float:
+    """The fastest of ``repeats`` calls of ``fn`` (which must block until its result is ready)."""
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def gemm_peak(size: int, repeats: int) -> dict:
+    """float32 ``(n, n) @ (n, n)``, best of ``repeats`` after a warm-up, at JAX's default matmul
+    precision: the one training uses (full float32 on CPU; TF32 on recent NVIDIA GPUs)."""
+    import jax
+    import jax.numpy as jnp
+
+    a, b = jax.random.normal(jax.random.PRNGKey(0), (2, size, size), jnp.float32)
+    matmul = jax.jit(jnp.matmul).lower(a, b).compile()
+    jax.block_until_ready(matmul(a, b))
+    seconds = best_time(lambda: jax.block_until_ready(matmul(a, b)), repeats)
+    return {"size": size, "repeats": repeats, "seconds": seconds, "gemm_peak_gflops": 2 * size**3 / seconds / 1e9}
+
+
+# --- 2. training throughput ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class GridTiming:
+    compile_s: float
+    call_s: tuple[float, ...]  # per call: best of ``repeats`` single epochs of that call's models
+    num_params: int  # per model
+    steps_per_epoch: int
+    finite: bool  # every model's training loss stayed finite
+
+
+def time_grid_epoch(
+    config, dataset, calls: Sequence[tuple[Sequence[int], Sequence[float]]], repeats: int
+) -> GridTiming:
+    """Compiles ``grid.train_epoch`` once for ``config``'s (S, V) grid and times one epoch per call.
+
+    Each call is ``(seeds, lrs)`` with ``len(seeds) == config.grid.seeds`` and ``len(lrs) ==
+    len(config.grid.lrs)``: the models of one invocation of the same compiled program (its own
+    initial weights, minibatch order and learning rates). Every call is blocked on before the
+    next starts. This is the only function that touches the grid engine's interface.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from scalelab import grid
+    from scalelab.runner import plan_grid
+
+    plan = plan_grid(config, dataset)
+    data = jax.device_put(plan.data)
+    input_dim = plan.data.train_x.shape[1]
+    init = jax.jit(grid.init_grid, static_argnums=(0, 2, 3))
+    states, hypers, order_keys = [], [], []
+    for seeds, lrs in calls:
+        axes = dataclasses.replace(config.grid, seeds=len(seeds), lrs=tuple(lrs))
+        init_keys, keys = grid.seed_keys(tuple(seeds))
+        states.append(init(plan.program, init_keys, len(lrs), input_dim))
+        hypers.append(jax.device_put(plan_grid(dataclasses.replace(config, grid=axes), dataset).hypers))
+        order_keys.append(keys)
+    epoch_fn = jax.jit(grid.train_epoch, static_argnums=0, donate_argnums=1)
+    start = time.perf_counter()
+    compiled = epoch_fn.lower(plan.program, states[0], hypers[0], data, order_keys[0], jnp.int32(0)).compile()
+    compile_s = time.perf_counter() - start
+    # One untimed run: the first execution of a program pays ~40 ms of one-off set-up on CPU.
+    states[0], _ = jax.block_until_ready(compiled(states[0], hypers[0], data, order_keys[0], jnp.int32(0)))
+    best, finite = [math.inf] * len(calls), True
+    for repeat in range(repeats):
+        epoch = jnp.int32(repeat)
+        for i in range(len(calls)):
+            start = time.perf_counter()
+            states[i], metrics = compiled(states[i], hypers[i], data, order_keys[i], epoch)
+            jax.block_until_ready((states[i], metrics))
+            best[i] = min(best[i], time.perf_counter() - start)
+            finite &= bool(np.isfinite(np.asarray(metrics.train_loss)).all())
+    num_models = len(calls[0][0]) * len(calls[0][1])
+    num_params = sum(int(x.size) for x in jax.tree.leaves(states[0].params)) // num_models
+    return GridTiming(compile_s, tuple(best), num_params, plan.program.num_steps(len(plan.data.train_x)), finite)
+
+
+def grid_layout(num_models: int) -> tuple[int, tuple[float, ...]]:
+    """(S seeds, V learning rates) with S x V = M: about ``VARIANTS_PER_SEED`` variants per seed.
+
+    Variant v has lr ``BASE_LR * LR_RATIO**v``, so model (seed s, variant v) is the same model
+    whatever M, and a smaller grid's models are among a larger one's.
+    """
+    seeds = max(1, num_models // VARIANTS_PER_SEED)
+    while num_models % seeds:
+        seeds -= 1
+    return seeds, tuple(BASE_LR * LR_RATIO**v for v in range(num_models // seeds))
+
+
+def grid_models(num_models: int) -> list[tuple[int, float]]:
+    """The (seed, lr) of every model of the M-model grid, in the grid's flat order s * V + v."""
+    seeds, lrs = grid_layout(num_models)
+    return [(s, lr) for s in range(seeds) for lr in lrs]
+
+
+def run_config(settings: dict, batch_size: int, seeds: int, lrs: tuple[float, ...]):
+    """The default study's model, loss and optimiser on an (S, V) grid of lrs at inputs /255."""
+    from scalelab.config import DataConfig, GridConfig, RunConfig, TrainConfig
+
+    return RunConfig(
+        data=DataConfig(train_limit=settings["train_limit"], test_limit=settings["test_limit"]),
+        train=TrainConfig(batch_size=batch_size, epochs=1),
+        grid=GridConfig(inputs=("/255",), seeds=seeds, lrs=lrs),
+    )
+
+
+def throughput(num_models: int, num_train: int, seconds: float, num_params: int, peak: float) -> dict:
+    samples_per_s = num_models * num_train / seconds
+    gflops = FLOPS_PER_SAMPLE_PER_PARAM * num_params * samples_per_s / 1e9
+    return {"epoch_s": seconds, "samples_per_s": samples_per_s, "gflops": gflops, "frac_of_peak": gflops / peak}
+
+
+def training_bench(settings: dict, dataset, peak: float) -> dict:
+    """Per batch size: the models one at a time, then each M-model grid as one vmapped program."""
+    num_train = min(settings["train_limit"], len(dataset.train_images))
+    results = []
+    for batch_size in settings["batch_sizes"]:
+        sequential = sequential_epochs(settings, dataset, batch_size)
+        for m in settings["models"]:
+            results.append(training_row(settings, dataset, batch_size, m, sequential, peak))
+    return {
+        "model": "MLP 784-128-10 relu, keras-ce, adam (lr 1e-3 * 0.8**v), inputs /255",
+        "num_params": results[0]["num_params"],
+        "flops_per_sample": f"{FLOPS_PER_SAMPLE_PER_PARAM} x num_params (forward 2N + backward 4N)",
+        "train_examples": num_train,
+        "test_examples_evaluated": settings["test_limit"],
+        "evaluation_included": True,
+        "timing": "one epoch = scan over minibatches + test evaluation, compiled ahead of time, one untimed "
+        f"warm-up run, then best of {settings['repeats']}; evaluation FLOPs not counted",
+        "results": results,
+    }
+
+
+def training_row(settings: dict, dataset, batch_size: int, m: int, sequential: dict, peak: float) -> dict:
+    """One (M, batch) figure: the M-model grid vmapped, against its models' sequential epochs."""
+    seeds, lrs = grid_layout(m)
+    _say(f"training: batch {batch_size}, {m} models vmapped ({seeds} seeds x {len(lrs)} lrs)")
+    vm = time_grid_epoch(
+        run_config(settings, batch_size, seeds, lrs), dataset, [(range(seeds), lrs)], settings["repeats"]
+    )
+    timed = grid_models(m)[: settings["sequential_max"]]
+    per_model = [sequential["per_model_s"][model] for model in timed]
+    seq_s = sum(per_model) * m / len(timed)
+    if len(timed) == m:
+        method = f"each of the {m} models' epochs timed one after another"
+    else:
+        method = f"the first {len(timed)} of {m} models timed one after another, total scaled by {m}/{len(timed)}"
+    num_train = min(settings["train_limit"], len(dataset.train_images))
+    rate = functools.partial(throughput, m, num_train, num_params=vm.num_params, peak=peak)
+    return {
+        "models": m, "batch_size": batch_size, "seeds": seeds, "lrs": list(lrs), "num_params": vm.num_params,
+        "steps_per_epoch": vm.steps_per_epoch, "finite": vm.finite and sequential["finite"],
+        "vmapped": {"compile_s": vm.compile_s, **rate(vm.call_s[0])},
+        "sequential": {"compile_s": sequential["compile_s"], **rate(seq_s), "timed_models": len(timed),
+                       "sequential_method": method, "per_model_epoch_s": {
+                           "min": min(per_model), "median": statistics.median(per_model), "max": max(per_model)}},
+        "vmapped_over_sequential": seq_s / vm.call_s[0],
+    }  # fmt: skip
+
+
+def sequential_epochs(settings: dict, dataset, batch_size: int) -> dict:
+    """One epoch of each model needed by any M (at most ``sequential_max`` per M), one at a time."""
+    limit = settings["sequential_max"]
+    needed = list(dict.fromkeys(model for m in settings["models"] for model in grid_models(m)[:limit]))
+    _say(f"training: batch {batch_size}, {len(needed)} single models one after another")
+    config = run_config(settings, batch_size, 1, (BASE_LR,))
+    timing = time_grid_epoch(config, dataset, [((s,), (lr,)) for s, lr in needed], settings["repeats"])
+    return {"compile_s": timing.compile_s, "per_model_s": dict(zip(needed, timing.call_s, strict=True)),
+            "finite": timing.finite}  # fmt: skip
+
+
+# --- 3. Keras, for reference ----------------------------------------------------------------
+
+
+def keras_bench(settings: dict, dataset) -> dict:
+    """``model.fit`` samples/s of one 784-128-10 model per batch size; null if keras is missing."""
+    try:
+        import keras
+    except ImportError:
+        _say("keras is not installed; its throughput is recorded as null")
+        return {"requested": True, "available": False, "samples_per_s": None}
+    import numpy as np
+
+    n = min(settings["train_limit"], len(dataset.train_images))
+    x = dataset.train_images[:n].reshape(n, -1).astype(np.float32) / 255
+    y = dataset.train_labels[:n].astype(np.int32)
+    rates = {}
+    for batch_size in settings["batch_sizes"]:
+        _say(f"keras: batch {batch_size}")
+        model = keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(128, activation="relu"),
+                                  keras.layers.Dense(dataset.num_classes, activation="softmax")])  # fmt: skip
+        model.compile(optimizer=keras.optimizers.Adam(BASE_LR), loss="sparse_categorical_crossentropy")
+        model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)  # compiles
+        seconds = best_time(lambda m=model, b=batch_size: m.fit(x, y, batch_size=b, epochs=1, verbose=0),
+                            settings["repeats"])  # fmt: skip
+        rates[str(batch_size)] = n / seconds
+    return {"requested": True, "available": True, "version": keras.__version__, "backend": keras.backend.backend(),
+            "samples_per_s": rates, "note": "one model, model.fit of one epoch, no evaluation"}  # fmt: skip
+
+
+# --- 4. curvature -------------------------------------------------------------------------------
+
+
+def top_eigenvalue_fn(model, loss_fn):
+    """``top(params, v0, data, num_steps) -> (eigenvalue, Ritz residual)`` of the mean loss on data."""
+    from scalelab import curvature
+
+    def batch_loss(params, batch):
+        x, y = batch
+        return loss_fn(model.apply(params, x), y).mean()
+
+    def top(params, v0, data, num_steps):
+        hvp_fn = curvature.make_chunked_hvp(batch_loss, data, min(CURVATURE_CHUNK, data[0].shape[0]))
+        matvec = curvature.flat_matvec(hvp_fn, params)
+        pairs = curvature.ritz_pairs(matvec, curvature.lanczos(matvec, v0, num_steps), 1)
+        return pairs.values[0], pairs.residuals[0]
+
+    return top
+
+
+def curvature_bench(settings: dict, dataset) -> dict:
+    """Top-1 Hessian eigenvalue at initial params: one vmapped program vs a jitted model at a time."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.flatten_util import ravel_pytree
+
+    from scalelab.losses import get_loss
+    from scalelab.models import make_model
+
+    n = settings["curvature_examples"]
+    # Inputs /255 applied to the data, as the grid's "/255" transform does through the first layer.
+    data = (jnp.asarray(dataset.train_images[:n].reshape(n, -1), jnp.float32) / 255,
+            jnp.asarray(dataset.train_labels[:n], jnp.int32))  # fmt: skip
+    model = make_model((128,), dataset.num_classes, "relu", "glorot-uniform")
+    top = top_eigenvalue_fn(model, get_loss(settings["curvature_loss"]))
+    counts = settings["curvature_models"]
+    params = jax.vmap(lambda s: model.init(jax.random.PRNGKey(s), data[0][:1]))(jnp.arange(max(counts)))
+    singles = [jax.tree.map(lambda a, i=i: a[i], params) for i in range(max(counts))]
+    v0 = jax.random.normal(jax.random.PRNGKey(0), ravel_pytree(singles[0])[0].shape)
+    single = jax.jit(top, static_argnums=3)
+    steps, tried = choose_lanczos_steps(single, singles[0], v0, data, settings["lanczos_steps"])
+    results = [time_curvature(top, single, params, singles, v0, data, steps, c, settings["repeats"]) for c in counts]
+    return {
+        "what": "top-1 Hessian eigenvalue at initial params (seeds 0..M-1), Lanczos + 1 Ritz residual matvec",
+        "examples": n, "loss": settings["curvature_loss"], "inputs": "/255", "hvp_chunk": min(CURVATURE_CHUNK, n),
+        "tolerance": CURVATURE_TOL, "steps_tried": tried, "num_steps": steps,
+        "model_0_rel_residual": tried[str(steps)],
+        "converged_on_model_0": tried[str(steps)] <= CURVATURE_TOL,
+        "worst_rel_residual": float(np.max([r["worst_rel_residual"] for r in results])),
+        "results": results,
+    }  # fmt: skip
+
+
+def choose_lanczos_steps(single, params, v0, data, candidates: Sequence[int]) -> tuple[int, dict]:
+    """The smallest candidate whose Ritz residual / |eigenvalue| on ``params`` is within tolerance."""
+    tried = {}
+    for steps in sorted(candidates):
+        value, residual = single(params, v0, data, steps)
+        tried[str(steps)] = float(residual / abs(value))
+        _say(f"curvature: {steps} Lanczos steps on model 0, relative residual {tried[str(steps)]:.1e}")
+        if tried[str(steps)] <= CURVATURE_TOL:
+            return steps, tried
+    _say(f"curvature: no candidate reached {CURVATURE_TOL:g}; using {steps} steps")
+    return steps, tried
+
+
+def time_curvature(top, single, params, singles, v0, data, steps: int, count: int, repeats: int) -> dict:
+    import jax
+    import numpy as np
+
+    _say(f"curvature: {count} models, vmapped and one at a time")
+    batch = jax.tree.map(lambda a: a[:count], params)
+    start = time.perf_counter()
+    vmapped = jax.jit(jax.vmap(top, in_axes=(0, None, None, None)), static_argnums=3).lower(batch, v0, data, steps)
+    vmapped = vmapped.compile()
+    compile_s = time.perf_counter() - start
+    outputs = {}
+
+    def run_vmapped():
+        outputs["vmapped"] = jax.block_until_ready(vmapped(batch, v0, data))
+
+    def run_sequential():
+        outputs["sequential"] = [jax.block_until_ready(single(p, v0, data, steps)) for p in singles[:count]]
+
+    run_vmapped()  # untimed warm-up of both; the first run pays one-off set-up
+    jax.block_until_ready(single(singles[0], v0, data, steps))
+    vmapped_s = best_time(run_vmapped, repeats)
+    sequential_s = best_time(run_sequential, repeats)
+    values, residuals = (np.asarray(a) for a in outputs["vmapped"])
+    rel = np.concatenate([residuals / np.abs(values), [float(r / abs(v)) for v, r in outputs["sequential"]]])
+    return {
+        "models": count, "compile_s": compile_s, "vmapped_s": vmapped_s, "sequential_s": sequential_s,
+        "vmapped_over_sequential": sequential_s / vmapped_s, "worst_rel_residual": float(rel.max()),
+        "eigenvalue_range": [float(values.min()), float(values.max())],
+    }  # fmt: skip
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def headline(report: dict) -> dict:
+    rows = report["training"]["results"]
+    best = max(rows, key=lambda r: r["vmapped"]["gflops"])
+    return {
+        "gemm_peak_gflops": report["gemm_peak_gflops"],
+        "best_vmapped_gflops": best["vmapped"]["gflops"],
+        "best_vmapped_frac_of_peak": best["vmapped"]["frac_of_peak"],
+        "training_vmapped_over_sequential": {
+            f"M{r['models']}_b{r['batch_size']}": r["vmapped_over_sequential"] for r in rows
+        },
+        "curvature_vmapped_over_sequential": None
+        if report["curvature"] is None
+        else {f"M{r['models']}": r["vmapped_over_sequential"] for r in report["curvature"]["results"]},
+    }
+
+
+def format_report(report: dict) -> str:
+    env, train = report["environment"], report["training"]
+    lines = [
+        f"{env['platform']} ({env['device_kind']}, {env['device_count']} device(s), {env['cpu_count']} CPUs), "
+        f"jax {env['jax']}; load average {env['load_average_start'][0]:.1f} -> {env['load_average_end'][0]:.1f}",
+        f"GEMM float32 {report['gemm']['size']}^2: {report['gemm_peak_gflops']:.1f} GFLOP/s (the ceiling)",
+        "",
+        f"training: {train['model']}; {train['train_examples']} train examples per epoch, plus evaluation of "
+        f"{train['test_examples_evaluated']} test examples inside the timed epoch; "
+        f"GFLOP/s at {train['flops_per_sample']}",
+    ]
+    header = (f"{'batch':>5} {'M':>4} {'SxV':>6} | {'vmapped samples/s':>17} {'GFLOP/s':>8} {'peak':>5} | "
+              f"{'sequential samples/s':>20} {'GFLOP/s':>8} {'peak':>5} | {'vmap/seq':>8}")  # fmt: skip
+    lines += [header, "-" * len(header)]
+    for r in train["results"]:
+        vm, sq = r["vmapped"], r["sequential"]
+        scaled = "*" if sq["timed_models"] < r["models"] else " "
+        lines.append(
+            f"{r['batch_size']:>5} {r['models']:>4} {r['seeds']:>3}x{len(r['lrs']):<2} | {vm['samples_per_s']:>17,.0f} "
+            f"{vm['gflops']:>8.1f} {vm['frac_of_peak']:>5.0%} | {sq['samples_per_s']:>19,.0f}{scaled} "
+            f"{sq['gflops']:>8.1f} {sq['frac_of_peak']:>5.0%} | {r['vmapped_over_sequential']:>8.2f}"
+        )
+    if any(r["sequential"]["timed_models"] < r["models"] for r in train["results"]):
+        lines.append("* sequential figure from a timed subset of the models, scaled (see sequential_method)")
+    lines += ["", _keras_line(report["keras"])]
+    if report["curvature"] is not None:
+        lines += ["", *_curvature_lines(report["curvature"])]
+    return "\n".join(lines)
+
+
+def _keras_line(keras: dict) -> str:
+    if not keras["requested"]:
+        return "keras: not requested (--keras)"
+    if not keras["available"]:
+        return "keras: not installed (recorded as null)"
+    rates = ", ".join(f"batch {b}: {v:,.0f} samples/s" for b, v in keras["samples_per_s"].items())
+    return f"keras {keras['version']} ({keras['backend']}) model.fit, one model: {rates}"
+
+
+def _curvature_lines(curv: dict) -> list[str]:
+    lines = [
+        f"curvature: top-1 Hessian eigenvalue, {curv['examples']} examples, {curv['loss']}, "
+        f"{curv['num_steps']} Lanczos steps (relative residual on model 0: {curv['model_0_rel_residual']:.1e}; "
+        f"worst over all models {curv['worst_rel_residual']:.1e}; tolerance {curv['tolerance']:g})",
+    ]
+    header = f"{'M':>4} | {'vmapped s':>9} {'one-at-a-time s':>15} | {'vmap/seq':>8} | {'compile s':>9}"
+    lines += [header, "-" * len(header)]
+    for r in curv["results"]:
+        lines.append(
+            f"{r['models']:>4} | {r['vmapped_s']:>9.3f} {r['sequential_s']:>15.3f} | "
+            f"{r['vmapped_over_sequential']:>8.2f} | {r['compile_s']:>9.1f}"
+        )
+    return lines
+
+
+main = cli.main_wrapper(PROG, run)
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""The benchmark program: its JSON's structure and sanity, and its usage errors. Never its speed."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments import bench
+
+REAL_DATA = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+@pytest.mark.skipif(not REAL_DATA.exists(), reason="needs Fashion-MNIST (Debian package dataset-fashion-mnist)")
+def test_quick_bench_writes_sane_figures(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert bench.main(["--quick", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+
+    assert report["environment"]["platform"] and report["environment"]["device_count"] >= 1
+    peak = report["gemm_peak_gflops"]
+    assert peak > 0
+    train = report["training"]
+    assert train["num_params"] == 784 * 128 + 128 + 128 * 10 + 10
+    assert {(r["models"], r["batch_size"]) for r in train["results"]} == {(1, 32), (8, 32)}
+    for row in train["results"]:
+        assert row["seeds"] * len(row["lrs"]) == row["models"] and row["finite"]
+        for side in ("vmapped", "sequential"):
+            figures = row[side]
+            assert figures["samples_per_s"] > 0 and figures["epoch_s"] > 0
+            assert 0 < figures["frac_of_peak"] < 1.5
+            assert figures["gflops"] == pytest.approx(figures["frac_of_peak"] * peak, rel=1e-9)
+        assert row["vmapped_over_sequential"] > 0 and row["sequential"]["sequential_method"]
+    assert report["keras"]["samples_per_s"] is None
+
+    curv = report["curvature"]
+    assert [r["models"] for r in curv["results"]] == [1, 4]
+    assert curv["converged_on_model_0"] and curv["model_0_rel_residual"] <= 1e-3
+    assert curv["worst_rel_residual"] <= 1e-3  # the other seeds converge as fast at initialisation
+    assert all(r["vmapped_over_sequential"] > 0 and r["eigenvalue_range"][0] > 0 for r in curv["results"])
+    assert set(report["headline"]["training_vmapped_over_sequential"]) == {"M1_b32", "M8_b32"}
+    assert "vmap/seq" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv,code,needle",
+    [
+        (["--models", "0"], 2, "--models"),
+        (["--batch-sizes", "32,x"], 2, "--batch-sizes"),
+        (["--curvature-loss", "mse"], 2, "--curvature-loss"),
+        (["--data-dir", "{empty}"], 1, "--data-dir {empty}: lacks"),
+    ],
+)
+def test_bad_input_is_one_line_with_its_exit_code(argv, code, needle, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    argv, needle = [a.format(empty=tmp_path / "empty") for a in argv], needle.format(empty=tmp_path / "empty")
+    assert bench.main([*argv, "--out", str(tmp_path / "b.json")]) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err and "Traceback" not in err
+    assert not (tmp_path / "b.json").exists()
