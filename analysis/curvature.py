@@ -111,13 +111,14 @@ def run(argv) -> int:
     n = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
     key = jax.random.PRNGKey(args.seed)
     v0 = jax.random.normal(key, (n,), dtype)
-    top = jax.jit(lambda v: curvature.top_eigenpairs(matvec, v, min(args.lanczos_steps, n), args.top_k))(v0)
+    steps = min(args.lanczos_steps, n)  # a Krylov space cannot exceed the dimension
+    top = jax.jit(lambda v: curvature.top_eigenpairs(matvec, v, steps, args.top_k))(v0)
     loss, grads = jax.value_and_grad(loss_fn)(params)
     result = {
         "params": str(args.params), "inputs": args.inputs, "examples": args.examples, "x64": bool(args.x64),
         "num_params": n, "loss": float(loss), "grad_norm": float(global_norm(grads)),
         "top_eigenvalues": [float(v) for v in top.values], "residuals": [float(r) for r in top.residuals],
-        "lanczos_steps": min(args.lanczos_steps, n),
+        "lanczos_steps": steps,
     }  # fmt: skip
     if args.trace:
         tr = jax.jit(lambda k: curvature.hutchinson_trace(matvec, k, args.trace_probes, n, dtype))(key)

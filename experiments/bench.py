@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import math
 import os
 import platform
@@ -173,10 +172,10 @@ def _validate(settings: dict, dataset) -> None:
 
 
 def _write_json(path: Path, report: dict) -> None:
+    from scalelab.results import write_json  # atomic: temp file, fsync, rename
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(path)
+    write_json(path, report)
 
 
 def environment(host_devices: int | None, jax_preloaded: bool) -> dict:
@@ -425,7 +424,7 @@ def top_eigenvalue_fn(model, loss_fn):
     def top(params, v0, data, num_steps):
         hvp_fn = curvature.make_chunked_hvp(batch_loss, data, min(CURVATURE_CHUNK, data[0].shape[0]))
         matvec = curvature.flat_matvec(hvp_fn, params)
-        pairs = curvature.ritz_pairs(matvec, curvature.lanczos(matvec, v0, num_steps), 1)
+        pairs = curvature.top_eigenpairs(matvec, v0, num_steps, 1)
         return pairs.values[0], pairs.residuals[0]
 
     return top
