@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from scalelab import cli
-from scalelab.config import DataConfig, GridConfig, ModelConfig, RunConfig, TrainConfig
+from scalelab.config import CurvatureConfig, DataConfig, GridConfig, ModelConfig, RunConfig, TrainConfig
 from scalelab.errors import UsageError
 from scalelab.optim import DEFAULT_LR, OPTIMIZERS, OptimizerConfig
 from scalelab.results import RunDir, summarize
@@ -64,6 +64,33 @@ def build_parser() -> cli.Parser:
         type=cli.positive_int,
         help="train at most this many models at once (default: as many as fit in memory)",
     )
+    curv = defaults.curvature
+    p.add_argument("--no-curvature", action="store_true", help="measure nothing while training (no curvature.csv)")
+    p.add_argument(
+        "--curvature-every",
+        type=cli.non_negative_int,
+        metavar="K",
+        help="also measure every K steps within each epoch (default 0: at init and after each epoch)",
+    )
+    p.add_argument(
+        "--curvature-examples",
+        type=cli.positive_int,
+        metavar="N",
+        help=f"measure on the first N training examples (default {curv.examples})",
+    )
+    p.add_argument("--top-k", type=cli.positive_int, help=f"top Hessian eigenvalues to record (default {curv.top_k})")
+    p.add_argument(
+        "--lanczos-steps",
+        type=cli.positive_int,
+        help=f"Lanczos steps per eigenvalue run (default {curv.lanczos_steps})",
+    )
+    p.add_argument(
+        "--trace-probes",
+        type=cli.non_negative_int,
+        help=f"Hutchinson probes for the Hessian trace, 0 = none (default {curv.trace_probes})",
+    )
+    p.add_argument("--no-save-params", action="store_true", help="do not keep every epoch's params in params/")
+    p.add_argument("--no-report", action="store_true", help="do not write figures and report.md/html at the end")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -102,7 +129,26 @@ def config_from_args(args, base: RunConfig) -> RunConfig:
             patience=pick("patience", base.train),
         ),
         grid=GridConfig(inputs=inputs, seeds=pick("seeds", base.grid), lrs=tuple(lrs)),
+        curvature=_curvature_config(given, base.curvature),
     )
+
+
+CURVATURE_FLAGS = {"curvature_every": "every", "curvature_examples": "examples", "top_k": "top_k",
+                   "lanczos_steps": "lanczos_steps", "trace_probes": "trace_probes"}  # fmt: skip
+
+
+def _curvature_config(given: dict, base: CurvatureConfig) -> CurvatureConfig:
+    changes = {field: given[flag] for flag, field in CURVATURE_FLAGS.items() if flag in given}
+    if given.get("no_curvature"):
+        changes["enabled"] = False
+    elif changes and not base.enabled:
+        changes["enabled"] = True
+    config = dataclasses.replace(base, **changes)
+    if config.top_k > config.lanczos_steps:
+        raise UsageError(f"--top-k {config.top_k} needs at least as many --lanczos-steps (now {config.lanczos_steps})")
+    if config.trace_probes == 1:
+        raise UsageError("--trace-probes 1 gives no standard error; use 0 (no trace) or at least 2")
+    return config
 
 
 def run(argv) -> int:
@@ -135,13 +181,25 @@ def run(argv) -> int:
         _, rows = run_grid(
             config, dataset, run_dir, resume=args.resume is not None,
             max_models_per_chunk=args.max_models_per_chunk, on_epoch=progress.update,
+            save_params=not args.no_save_params,
         )  # fmt: skip
     summary = summarize(rows)
     run_dir.write_summary(summary)
     run_dir.write_status("complete", epochs=config.train.epochs)
     print(format_table(summary))
-    print(f"\nrun directory: {run_dir.path} (metrics.csv, summary.json, config.json)")
+    files = "metrics.csv, summary.json, config.json" + (", curvature.csv" if config.curvature.enabled else "")
+    print(f"\nrun directory: {run_dir.path} ({files})")
+    if not args.no_report:
+        write_report(run_dir.path)
     return 0
+
+
+def write_report(run_dir: Path) -> None:
+    """Figures and report.md/html for the finished run (``python -m analysis.report`` does the same)."""
+    from analysis import report
+
+    written = report.write_report(run_dir)
+    print(f"report: {', '.join(str(p) for p in written)}")
 
 
 def _validate_names(config: RunConfig) -> None:

@@ -51,12 +51,32 @@ class GridConfig:
 
 
 @dataclass(frozen=True)
+class CurvatureConfig:
+    """What is measured on every model while it trains (``curvature.csv``, ``spectrum.json``).
+
+    Measurements run at init, every ``every`` steps within each epoch (0: none in between) and
+    after every epoch, on the first ``examples`` training examples, with the training loss. The
+    defaults cost roughly half an epoch of training per measurement on the default grid.
+    """
+
+    enabled: bool = True
+    every: int = 0
+    examples: int = 256
+    top_k: int = 1
+    lanczos_steps: int = 16
+    trace_probes: int = 0
+    density_probes: int = 2  # stochastic Lanczos quadrature at init, for spectrum.json
+    density_steps: int = 32
+
+
+@dataclass(frozen=True)
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     grid: GridConfig = field(default_factory=GridConfig)
+    curvature: CurvatureConfig = field(default_factory=CurvatureConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}
@@ -76,6 +96,8 @@ class RunConfig:
                 optimizer=OptimizerConfig(**raw["optimizer"]),
                 train=TrainConfig(**raw["train"]),
                 grid=_with_tuples(GridConfig, raw["grid"]),
+                # Runs written before curvature was recorded measured nothing.
+                curvature=CurvatureConfig(**raw.get("curvature", {"enabled": False})),
             )
         except (KeyError, TypeError) as err:
             raise ScalelabError(

@@ -93,16 +93,26 @@ def _pad_weights(steps: int, batch_size: int, num_real: int) -> jax.Array:
     return (jnp.arange(steps * batch_size) < num_real).astype(jnp.float32).reshape(steps, batch_size)
 
 
-def train_epoch(program: Program, states, hypers: Hypers, data: DeviceData, order_keys, epoch):
-    """One epoch for every model of the grid; returns (states, EpochMetrics).
-
-    ``states``: (S, V, ...); ``hypers``: (V, ...); ``order_keys``: (S, 2); ``epoch``: int32.
-    """
-    num_train = data.train_x.shape[0]
+def epoch_batches(program: Program, order_keys: jax.Array, epoch, num_train: int):
+    """Every seed's minibatch indices for one epoch, (steps, S, B), and the padding weights (steps, B)."""
     steps = program.num_steps(num_train)
     orders = jax.vmap(lambda k: epoch_order(program, k, epoch, num_train))(order_keys)
-    weights = _pad_weights(steps, program.batch_size, num_train)
+    return orders.swapaxes(0, 1), _pad_weights(steps, program.batch_size, num_train)
 
+
+def zero_sums(states) -> StepMetrics:
+    """Running epoch sums with the grid's (S, V) shape, all zero."""
+    shape = states.step.shape
+    return jax.tree.map(lambda z: jnp.broadcast_to(z, shape), StepMetrics.zeros())
+
+
+def train_steps(program: Program, states, sums: StepMetrics, hypers: Hypers, data: DeviceData, orders, weights, epoch):
+    """The updates of ``orders`` (steps, S, B) for every model, as one ``lax.scan``.
+
+    Returns (states, sums) with this stretch's step metrics added to ``sums``. An epoch is one
+    call over all of its steps (``train_epoch``), or several over consecutive stretches when the
+    run measures curvature part-way through an epoch; the per-step arithmetic is the same.
+    """
     step = jax.vmap(
         lambda s, h, b: train.train_step(program.model, program.loss_fn, program.direction, s, h, b, epoch),
         in_axes=(0, 0, None),  # variants share their seed's minibatch
@@ -120,10 +130,12 @@ def train_epoch(program: Program, states, hypers: Hypers, data: DeviceData, orde
         states, metrics = step(states, hypers, batch)
         return (states, jax.tree.map(jnp.add, sums, metrics)), None
 
-    shape = order_keys.shape[:1] + hypers.lr.shape
-    zero_sums = jax.tree.map(lambda z: jnp.broadcast_to(z, shape), StepMetrics.zeros())
-    (states, sums), _ = jax.lax.scan(body, (states, zero_sums), (orders.swapaxes(0, 1), weights))
+    (states, sums), _ = jax.lax.scan(body, (states, sums), (orders, weights))
+    return states, sums
 
+
+def finish_epoch(program: Program, states, sums: StepMetrics, hypers: Hypers, data: DeviceData, epoch):
+    """Test evaluation, early stopping and divergence checks after an epoch's last step."""
     test_loss, test_acc = evaluate(program, states.params, hypers, data.test_x, data.test_y)
     status = jax.vmap(jax.vmap(lambda st, tl: train.end_of_epoch(st, tl, epoch, program.patience)))(
         states.status, test_loss
@@ -139,6 +151,16 @@ def train_epoch(program: Program, states, hypers: Hypers, data: DeviceData, orde
         diverged=status.diverged,
     )
     return states, metrics
+
+
+def train_epoch(program: Program, states, hypers: Hypers, data: DeviceData, order_keys, epoch):
+    """One epoch for every model of the grid; returns (states, EpochMetrics).
+
+    ``states``: (S, V, ...); ``hypers``: (V, ...); ``order_keys``: (S, 2); ``epoch``: int32.
+    """
+    orders, weights = epoch_batches(program, order_keys, epoch, data.train_x.shape[0])
+    states, sums = train_steps(program, states, zero_sums(states), hypers, data, orders, weights, epoch)
+    return finish_epoch(program, states, sums, hypers, data, epoch)
 
 
 def evaluate(program: Program, params, hypers: Hypers, x_u8: jax.Array, y: jax.Array):

@@ -67,12 +67,27 @@ def read_json(path: Path) -> Any:
 
 
 def metrics_csv(rows: list[dict[str, Any]]) -> str:
+    return rows_csv(rows, list(METRIC_COLUMNS))
+
+
+def rows_csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _csv_value(row[k]) for k in METRIC_COLUMNS})
+        writer.writerow({k: _csv_value(row[k]) for k in columns})
     return out.getvalue()
+
+
+def read_curvature(path: Path) -> list[dict[str, Any]]:
+    """Reads curvature.csv back: model/seed/step as int, inputs/skipped as str, the rest float."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    ints, strs = {"model", "seed", "step"}, {"inputs", "skipped"}
+    return [
+        {k: int(v) if k in ints else v if k in strs else float(v) for k, v in row.items()}
+        for row in rows
+    ]  # fmt: skip
 
 
 def _csv_value(value):
@@ -108,6 +123,9 @@ class RunDir:
     summary_path = property(lambda self: self.path / "summary.json")
     checkpoint_path = property(lambda self: self.path / "checkpoint.npz")
     status_path = property(lambda self: self.path / "status.json")
+    curvature_path = property(lambda self: self.path / "curvature.csv")
+    spectrum_path = property(lambda self: self.path / "spectrum.json")
+    params_dir = property(lambda self: self.path / "params")
 
     @classmethod
     def create(cls, path: Path, config: RunConfig) -> RunDir:
@@ -152,6 +170,53 @@ class RunDir:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json(self.summary_path, _json_safe(summary))
+
+    def write_curvature(self, rows: list[dict[str, Any]], columns: list[str]) -> None:
+        atomic_write_text(self.curvature_path, rows_csv(rows, columns))
+
+    def curvature(self) -> list[dict[str, Any]]:
+        if not self.curvature_path.exists():
+            raise ScalelabError(f"{self.curvature_path} is missing; the run recorded no curvature (--no-curvature?)")
+        return read_curvature(self.curvature_path)
+
+    def add_spectrum(self, entries: list[dict[str, Any]]) -> None:
+        """Adds (or replaces) models' spectral densities in spectrum.json; chunks arrive one by one."""
+        existing = read_json(self.spectrum_path)["models"] if self.spectrum_path.exists() else []
+        new_ids = {e["model"] for e in entries}
+        models = sorted([e for e in existing if e["model"] not in new_ids] + entries, key=lambda e: e["model"])
+        write_json(self.spectrum_path, {"step": 0, "models": models})
+
+    def params_path(self, epoch: int) -> Path:
+        return self.params_dir / f"epoch_{epoch:03d}.npz"
+
+    def save_params(self, epoch: int, per_model: dict[int, Any]) -> None:
+        """Adds models' Flax params to ``params/epoch_EEE.npz`` as ``model_{m}/Dense_{i}/kernel`` etc."""
+        path = self.params_path(epoch)
+        arrays = {}
+        if path.exists():
+            with np.load(path) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        for model, params in per_model.items():
+            for layer, leaves in params["params"].items():
+                for name, value in leaves.items():
+                    arrays[f"model_{model}/{layer}/{name}"] = np.asarray(value)
+        self.params_dir.mkdir(exist_ok=True)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write_bytes(path, buffer.getvalue())
+
+    def load_params(self, epoch: int, model: int) -> dict[str, np.ndarray]:
+        """One model's params at ``epoch`` (0 = init) as flat ``{'Dense_0/kernel': array, ...}``."""
+        path = self.params_path(epoch)
+        if not path.exists():
+            saved = sorted(int(p.stem.split("_")[1]) for p in self.params_dir.glob("epoch_*.npz"))
+            raise ScalelabError(f"{path} is missing; this run saved params for epochs {saved or 'none'}")
+        prefix = f"model_{model}/"
+        with np.load(path) as npz:
+            found = {k[len(prefix) :]: npz[k] for k in npz.files if k.startswith(prefix)}
+        if not found:
+            raise ScalelabError(f"{path} has no model {model}; see metrics.csv for the run's model numbers")
+        return found
 
     def save_checkpoint(self, leaves: list[np.ndarray], meta: dict[str, Any]) -> None:
         """Saves the grid state's leaves and a JSON ``meta`` (position, rows so far) in one file."""

@@ -12,13 +12,14 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from scalelab import grid as grid_lib
+from scalelab import measure
 from scalelab.config import RunConfig, config_differences
 from scalelab.errors import ScalelabError, UsageError
 from scalelab.losses import get_loss
@@ -159,6 +160,52 @@ class Interrupted(ScalelabError):
     exit_code = 130
 
 
+class Compiled(NamedTuple):
+    """The jitted programs of a run (compiled on first use, once per shape)."""
+
+    init: Callable
+    epoch: Callable
+    batches: Callable
+    steps: Callable
+    finish: Callable
+    measure: Callable
+    density: Callable
+
+
+def compile_programs() -> Compiled:
+    return Compiled(
+        init=jax.jit(grid_lib.init_grid, static_argnums=(0, 2, 3)),
+        epoch=jax.jit(grid_lib.train_epoch, static_argnums=0, donate_argnums=1),
+        batches=jax.jit(grid_lib.epoch_batches, static_argnums=(0, 3)),
+        steps=jax.jit(grid_lib.train_steps, static_argnums=0, donate_argnums=(1, 2)),
+        finish=jax.jit(grid_lib.finish_epoch, static_argnums=0),
+        measure=jax.jit(measure.measure_grid, static_argnums=(0, 1, 2)),
+        density=jax.jit(measure.density_grid, static_argnums=(0, 1)),
+    )
+
+
+def segment_bounds(steps_per_epoch: int, every: int) -> list[tuple[int, int]]:
+    """The stretches of an epoch between measurements: every ``every`` steps, restarting each epoch.
+
+    Aligning to the epoch keeps at most two stretch lengths (``every`` and the remainder), so at
+    most two compiled step programs whatever the epoch count.
+    """
+    if every <= 0 or every >= steps_per_epoch:
+        return [(0, steps_per_epoch)]
+    starts = list(range(0, steps_per_epoch, every))
+    return [(a, min(a + every, steps_per_epoch)) for a in starts]
+
+
+@dataclass
+class ChunkRun:
+    """One chunk of the grid on the device: its coordinates, keys and constants."""
+
+    index: int
+    coords: tuple[slice, slice]
+    order_keys: jax.Array
+    hypers: Hypers
+
+
 def run_grid(
     config: RunConfig,
     dataset,
@@ -167,36 +214,59 @@ def run_grid(
     resume: bool = False,
     max_models_per_chunk: int | None = None,
     on_epoch: Callable[[int, int, list[dict]], None] | None = None,
+    save_params: bool = True,
 ) -> tuple[GridPlan, list[dict[str, Any]]]:
-    """Trains the whole grid and returns (plan, rows); writes ``run_dir`` as it goes if given."""
+    """Trains the whole grid and returns (plan, rows); writes ``run_dir`` as it goes if given.
+
+    With ``config.curvature.enabled`` every model is also measured at init, every
+    ``config.curvature.every`` steps and after each epoch (``curvature.csv``, ``spectrum.json``).
+    """
     plan = plan_grid(config, dataset)
     chunks = grid_lib.split_chunks(len(plan.seeds), len(plan.variants), max_models_per_chunk or _auto_chunk(plan))
     rows: list[dict] = []
+    curvature_rows: list[dict] = []
     start_chunk, start_epoch, restored = 0, 0, None
     if resume and run_dir is not None:
-        start_chunk, start_epoch, restored, rows = _restore(run_dir, config, chunks)
+        start_chunk, start_epoch, restored, rows, curvature_rows = _restore(run_dir, config, chunks)
     data = jax.device_put(plan.data)
-    epoch_fn = jax.jit(grid_lib.train_epoch, static_argnums=0, donate_argnums=1)
-    init_fn = jax.jit(grid_lib.init_grid, static_argnums=(0, 2, 3))
+    fns = compile_programs()
+    recorder = Recorder(plan, fns, run_dir) if config.curvature.enabled else None
+    params_dir = run_dir if save_params else None
     epochs = config.train.epochs
+    steps_per_epoch = plan.program.num_steps(plan.data.train_x.shape[0])
+    every = config.curvature.every if recorder is not None else 0
     with StopRequested() as stop:
         for c in range(start_chunk, len(chunks)):
             seed_slice, variant_slice = chunks[c]
             seeds = plan.seeds[seed_slice]
             init_keys, order_keys = grid_lib.seed_keys(seeds)
             hypers = jax.tree.map(lambda h, vs=variant_slice: jnp.asarray(h[vs]), plan.hypers)
+            chunk = ChunkRun(c, chunks[c], order_keys, hypers)
             num_variants = len(plan.variants[variant_slice])
-            state = init_fn(plan.program, init_keys, num_variants, plan.data.train_x.shape[1])
+            state = fns.init(plan.program, init_keys, num_variants, plan.data.train_x.shape[1])
             first_epoch = 0
             if c == start_chunk and restored is not None:
                 state = jax.tree.unflatten(jax.tree.structure(state), [jnp.asarray(x) for x in restored])
                 first_epoch = start_epoch
+            if first_epoch == 0:
+                if recorder is not None:
+                    curvature_rows.extend(recorder.measure(chunk, state, 0, 0.0))
+                    recorder.record_density(chunk, state)
+                _save_params(params_dir, plan, chunk, state, 0)
             for epoch in range(first_epoch, epochs):
-                state, metrics = epoch_fn(plan.program, state, hypers, data, order_keys, jnp.int32(epoch))
+                if every:
+                    state, metrics = _segmented_epoch(
+                        plan, fns, recorder, chunk, state, data, epoch, steps_per_epoch, every, curvature_rows
+                    )
+                else:
+                    state, metrics = fns.epoch(plan.program, state, hypers, data, order_keys, jnp.int32(epoch))
                 rows.extend(epoch_rows(plan, chunks[c], epoch, metrics))
+                if recorder is not None:
+                    curvature_rows.extend(recorder.measure(chunk, state, (epoch + 1) * steps_per_epoch, epoch + 1.0))
+                _save_params(params_dir, plan, chunk, state, epoch + 1)
                 done = (c, epoch + 1) if epoch + 1 < epochs else (c + 1, 0)
                 if run_dir is not None:
-                    _checkpoint(run_dir, state, rows, done)
+                    _checkpoint(run_dir, state, rows, curvature_rows, done, plan)
                 if on_epoch is not None:
                     on_epoch(c, epoch, rows)
                 if stop.requested and done != (len(chunks), 0):
@@ -208,12 +278,95 @@ def run_grid(
     return plan, rows
 
 
-def _checkpoint(run_dir: RunDir, state, rows: list[dict], done: tuple[int, int]) -> None:
+def _segmented_epoch(plan, fns, recorder, chunk, state, data, epoch, steps_per_epoch, every, curvature_rows):
+    """An epoch as consecutive stretches of steps, measuring every model between them."""
+    program, e = plan.program, jnp.int32(epoch)
+    orders, weights = fns.batches(program, chunk.order_keys, e, plan.data.train_x.shape[0])
+    sums = grid_lib.zero_sums(state)
+    for start, stop in segment_bounds(steps_per_epoch, every):
+        state, sums = fns.steps(program, state, sums, chunk.hypers, data, orders[start:stop], weights[start:stop], e)
+        if stop < steps_per_epoch:
+            step = epoch * steps_per_epoch + stop
+            curvature_rows.extend(recorder.measure(chunk, state, step, epoch + stop / steps_per_epoch))
+    return fns.finish(program, state, sums, chunk.hypers, data, e)
+
+
+class Recorder:
+    """Measures a chunk's models (``measure.measure_grid``) and turns the numbers into rows."""
+
+    def __init__(self, plan: GridPlan, fns: Compiled, run_dir: RunDir | None):
+        self.plan, self.fns, self.run_dir = plan, fns, run_dir
+        settings = plan.config.curvature
+        self.batch = measure.measurement_batch(plan.data.train_x, plan.data.train_y, settings.examples)
+        self.num_hidden = len(plan.config.model.hidden)
+
+    def measure(self, chunk: ChunkRun, state, step: int, epoch: float) -> list[dict]:
+        config = self.plan.config
+        m = self.fns.measure(
+            self.plan.program, config.curvature, config.optimizer, state, chunk.hypers, self.batch,
+            measure.measurement_key(step),
+        )  # fmt: skip
+        m = grid_lib.to_numpy(m)
+        status = grid_lib.to_numpy(state.status)
+        rows = []
+        for i, j, model in chunk_models(self.plan, chunk):
+            reason = measure.skip_reason(bool(status.diverged[i, j]), int(status.diverge_epoch[i, j]))
+            numbers = measure.model_numbers(jax.tree.map(lambda x, i=i, j=j: x[i, j], m), self.num_hidden)
+            if reason:
+                numbers = dict.fromkeys(numbers, float("nan"))
+            rows.append({
+                "model": model.index, "seed": model.seed, "inputs": model.inputs, "lr": model.lr,
+                "epoch": float(epoch), "step": int(step), "skipped": reason,
+                **numbers, **measure.thresholds(config.optimizer, model.lr),
+            })  # fmt: skip
+        return rows
+
+    def record_density(self, chunk: ChunkRun, state) -> None:
+        if self.run_dir is None or self.plan.config.curvature.density_probes < 1:
+            return
+        nodes, weights = grid_lib.to_numpy(
+            self.fns.density(
+                self.plan.program, self.plan.config.curvature, state, chunk.hypers, self.batch,
+                measure.measurement_key(0),
+            )
+        )  # fmt: skip
+        entries = [
+            {"model": model.index, "seed": model.seed, "inputs": model.inputs, "lr": model.lr,
+             "nodes": nodes[i, j].tolist(), "weights": weights[i, j].tolist()}
+            for i, j, model in chunk_models(self.plan, chunk)
+        ]  # fmt: skip
+        self.run_dir.add_spectrum(entries)
+
+
+def chunk_models(plan: GridPlan, chunk: ChunkRun):
+    """(i, j, ModelId) for the chunk's models, (i, j) their place in the chunk's (S_c, V_c) axes."""
+    seed_slice, variant_slice = chunk.coords
+    num_variants = len(plan.variants)
+    models = plan.models
+    for i, s in enumerate(range(len(plan.seeds))[seed_slice]):
+        for j, v in enumerate(range(num_variants)[variant_slice]):
+            yield i, j, models[s * num_variants + v]
+
+
+def _save_params(run_dir: RunDir | None, plan: GridPlan, chunk: ChunkRun, state, epoch: int) -> None:
+    """Every model's params after ``epoch`` (0 = init) into ``params/epoch_EEE.npz``."""
+    if run_dir is None:
+        return
+    params = grid_lib.to_numpy(state.params)
+    per_model = {m.index: jax.tree.map(lambda x, i=i, j=j: x[i, j], params) for i, j, m in chunk_models(plan, chunk)}
+    run_dir.save_params(epoch, per_model)
+
+
+def _checkpoint(run_dir: RunDir, state, rows: list[dict], curvature_rows: list[dict], done, plan: GridPlan) -> None:
     # Rows first, then the checkpoint: if killed in between, resume redoes that epoch and
     # rewrites the same rows bit for bit.
     run_dir.write_metrics(sorted(rows, key=lambda r: (r["model"], r["epoch"])))
+    if curvature_rows:
+        columns = measure.curvature_columns(len(plan.config.model.hidden), plan.config.curvature.top_k)
+        run_dir.write_curvature(sorted(curvature_rows, key=lambda r: (r["model"], r["step"])), columns)
     leaves = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))]
-    run_dir.save_checkpoint(leaves, {"chunk": done[0], "epoch": done[1], "rows": rows, "time": time.time()})
+    meta = {"chunk": done[0], "epoch": done[1], "rows": rows, "curvature_rows": curvature_rows, "time": time.time()}
+    run_dir.save_checkpoint(leaves, meta)
 
 
 def check_resumable(run_dir: RunDir, config: RunConfig) -> None:
@@ -230,12 +383,13 @@ def _restore(run_dir: RunDir, config: RunConfig, chunks):
     check_resumable(run_dir, config)
     loaded = run_dir.load_checkpoint()
     if loaded is None:
-        return 0, 0, None, []
+        return 0, 0, None, [], []
     leaves, meta = loaded
     chunk, epoch, rows = meta["chunk"], meta["epoch"], meta["rows"]
+    curvature_rows = meta.get("curvature_rows", [])
     if epoch == 0:  # the saved chunk finished: the next one starts fresh
-        return chunk, 0, None, rows
-    return chunk, epoch, leaves, rows
+        return chunk, 0, None, rows, curvature_rows
+    return chunk, epoch, leaves, rows, curvature_rows
 
 
 def _auto_chunk(plan: GridPlan) -> int:

@@ -46,3 +46,32 @@ def test_bad_npz_and_examples_are_one_line_errors(tmp_path, capsys):
     assert "unexpected array 'weights'" in capsys.readouterr().err
     assert cli_curvature.main(["--params", str(bad), "--examples", "5:2"]) == 2
     assert "START:STOP" in capsys.readouterr().err
+
+
+def test_run_directory_and_epoch_form_matches_the_params_form(idx_folder, tmp_path, capsys):
+    """--run DIR --epoch E analyses each model with its own transform, like --params on its npz."""
+    from experiments import scale_grid
+
+    run = tmp_path / "run"
+    flags = ["--data", "idx", "--data-dir", idx_folder, "--epochs", "1", "--seeds", "1", "--hidden", "6",
+             "--batch-size", "32", "--inputs", "/1,zscore", "--no-curvature", "--no-report",
+             "--no-progress"]  # fmt: skip
+    assert scale_grid.main([*map(str, flags), "--out", str(run)]) == 0
+    common = ["--examples", "0:64", "--top-k", "2", "--x64", "--data", "idx", "--data-dir", str(idx_folder)]
+    assert cli_curvature.main(["--run", str(run), "--epoch", "1", *common, "--json", str(tmp_path / "run.json")]) == 0
+    by_run = json.loads((tmp_path / "run.json").read_text())
+    assert [m["model"] for m in by_run["models"]] == [0, 1]
+    assert [m["inputs"] for m in by_run["models"]] == ["/1", "zscore"]
+
+    with np.load(run / "params" / "epoch_001.npz") as npz:
+        np.savez(tmp_path / "m1.npz", **{k.split("/", 1)[1]: npz[k] for k in npz.files if k.startswith("model_1/")})
+    argv = ["--params", str(tmp_path / "m1.npz"), "--inputs", "zscore", *common, "--json", str(tmp_path / "one.json")]
+    assert cli_curvature.main(argv) == 0
+    alone = json.loads((tmp_path / "one.json").read_text())
+    np.testing.assert_allclose(by_run["models"][1]["top_eigenvalues"], alone["top_eigenvalues"], rtol=1e-12)
+    np.testing.assert_allclose(by_run["models"][1]["loss"], alone["loss"], rtol=1e-12)
+    capsys.readouterr()
+    assert cli_curvature.main(["--run", str(run), *common]) == 2
+    assert "--epoch" in capsys.readouterr().err
+    assert cli_curvature.main(["--run", str(run), "--epoch", "7", *common]) == 1
+    assert "epochs [0, 1]" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from scalelab import grid as grid_lib
-from scalelab.config import DataConfig, GridConfig, ModelConfig, RunConfig, TrainConfig
+from scalelab.config import CurvatureConfig, DataConfig, GridConfig, ModelConfig, RunConfig, TrainConfig
 from scalelab.optim import OptimizerConfig
 from scalelab.runner import plan_grid, run_grid
 
@@ -23,6 +23,7 @@ def small_config(**grid_overrides) -> RunConfig:
         model=ModelConfig(hidden=(16,)),
         train=TrainConfig(epochs=2, batch_size=16),
         grid=GridConfig(**grid),
+        curvature=CurvatureConfig(enabled=False),
     )
 
 

@@ -70,12 +70,14 @@ def test_a_failed_write_keeps_the_previous_file_whole_and_leaves_no_temp(tmp_pat
 
 
 def test_disk_full_mid_run_exits_1_and_keeps_the_last_complete_epoch(idx_folder, tmp_path, monkeypatch, capsys):
-    real_fsync, calls = os.fsync, []
+    real_fsync, checkpoints = os.fsync, []
 
     def fsync_failing_late(fd):
-        calls.append(fd)
-        if len(calls) > 4:  # config, status, then epoch 1's metrics and checkpoint succeed
+        # Everything up to and including epoch 1's checkpoint succeeds; the disk is full after it.
+        if checkpoints:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if "checkpoint" in os.readlink(f"/proc/self/fd/{fd}"):
+            checkpoints.append(fd)
         real_fsync(fd)
 
     monkeypatch.setattr(results.os, "fsync", fsync_failing_late)

@@ -17,7 +17,8 @@ from .conftest import write_idx_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ["--data", "idx", "--epochs", "12", "--seeds", "2", "--hidden", "16", "--batch-size", "8",
-         "--inputs", "/1,/255,zscore", "--no-progress"]  # fmt: skip
+         "--inputs", "/1,/255,zscore", "--no-progress", "--no-report",
+         "--curvature-examples", "32", "--lanczos-steps", "4", "--trace-probes", "2"]  # fmt: skip
 
 
 def _cli(*argv) -> list[str]:
@@ -54,6 +55,7 @@ def test_sigkill_then_resume_gives_bit_identical_metrics(slow_idx, tmp_path):
 
     subprocess.run(_cli("--resume", killed, "--no-progress"), check=True, cwd=ROOT, env=env)
     assert (killed / "metrics.csv").read_bytes() == (reference / "metrics.csv").read_bytes()
+    assert (killed / "curvature.csv").read_bytes() == (reference / "curvature.csv").read_bytes()
     assert json.loads((killed / "status.json").read_text())["state"] == "complete"
 
 

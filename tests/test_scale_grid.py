@@ -10,7 +10,7 @@ from experiments import scale_grid
 
 REAL_DATA = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 TINY = ["--data", "idx", "--epochs", "2", "--seeds", "2", "--hidden", "16", "--batch-size", "16",
-        "--inputs", "/1,/255,[-1,1]", "--no-progress"]  # fmt: skip
+        "--inputs", "/1,/255,[-1,1]", "--no-progress", "--no-curvature", "--no-report"]  # fmt: skip
 
 
 def run_cli(argv, capsys):
@@ -87,7 +87,7 @@ def test_help_explains_every_flag(capsys):
 
 @pytest.mark.skipif(not REAL_DATA.exists(), reason="Fashion-MNIST is not installed")
 def test_quick_run_on_real_fashion_mnist(tmp_path, capsys):
-    code, stdout, _ = run_cli(["--quick", "--no-progress", "--out", tmp_path / "q"], capsys)
+    code, stdout, _ = run_cli(["--quick", "--no-progress", "--no-report", "--out", tmp_path / "q"], capsys)
     assert code == 0
     summary = json.loads((tmp_path / "q" / "summary.json").read_text())
     by = {g["inputs"]: g for g in summary["by_inputs"]}

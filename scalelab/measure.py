@@ -1,0 +1,177 @@
+"""Measurements taken on every model of a grid while it trains: the evidence for *why*.
+
+One compiled call measures all models of a chunk on the same fixed examples (the first ``N``
+training examples) with the same Lanczos start vector and probes, so differences between input
+scales are not probe noise: the unit probes (``probes.unit_probes``), the Hessian of the
+training loss (top/bottom eigenvalues with Ritz residuals, trace), each layer's diagonal block,
+and, for Adam, the preconditioned sharpness against its stability threshold.
+
+The Hessian is that of the loss the optimiser follows (for ``keras-ce``, with Keras' clip, whose
+flat regions have zero curvature): the curvature that decides whether a step is stable.
+
+A diverged model is measured on zero parameters inside the vmapped call, so no NaN/inf ever
+enters the Krylov loops; its numbers are then discarded and its row says why (``skipped``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scalelab import curvature as curv
+from scalelab.config import CurvatureConfig
+from scalelab.optim import OptimizerConfig
+from scalelab.probes import UnitProbes, unit_probes
+from scalelab.train import Batch, Hypers, TrainState, batch_loss
+
+ADAM_LIKE = ("adam", "adamw")
+HVP_CHUNK = 512  # examples per HVP chunk: bounds activation memory for --curvature-examples 10000+
+
+
+class Measurement(NamedTuple):
+    """One model's numbers at one point of training (vmapping adds the (S, V) model axes)."""
+
+    probes: UnitProbes
+    curvature: curv.CurvatureSummary
+    adam_sharpness: jax.Array  # () top eigenvalue of P^-1 H (nan at step 0 or without Adam)
+    adam_residual: jax.Array  # ()
+
+
+def _hvp_fn(program, hypers: Hypers, batch: Batch):
+    def loss_on(params, chunk: Batch):
+        return batch_loss(program.model, program.loss_fn, params, hypers, chunk)[0]
+
+    return curv.make_chunked_hvp(loss_on, batch, min(HVP_CHUNK, batch.x.shape[0]))
+
+
+def _without_divergence(state: TrainState) -> TrainState:
+    """Zero parameters and optimiser state for a diverged model (finite, and discarded later)."""
+    return jax.tree.map(lambda x: jnp.where(state.status.diverged, jnp.zeros_like(x), x), state)
+
+
+def measure_model(
+    program, settings: CurvatureConfig, optimizer: OptimizerConfig, state: TrainState, hypers: Hypers,
+    batch: Batch, key: jax.Array,
+) -> Measurement:  # fmt: skip
+    """All measurements of one model; ``key`` fixes the start vector and probes (share it)."""
+    state = _without_divergence(state)
+    params = state.params
+    probes = unit_probes(program.model, program.loss_fn, program.direction, params, state.opt_state, hypers, batch)
+    hvp_fn = _hvp_fn(program, hypers, batch)
+    summary = curv.curvature_summary(
+        hvp_fn, params, key, top_k=settings.top_k, num_lanczos_steps=settings.lanczos_steps,
+        num_trace_probes=settings.trace_probes,
+    )  # fmt: skip
+    if settings.trace_probes < 2:  # no estimate (and no standard error) from fewer than two probes
+        nan = lambda t: t._replace(trace=jnp.full_like(t.trace, jnp.nan), trace_stderr=jnp.full_like(t.trace, jnp.nan))  # noqa: E731
+        summary = curv.CurvatureSummary(nan(summary.hessian), nan(summary.blocks))
+    sharpness = residual = jnp.array(jnp.nan, jnp.float32)
+    if optimizer.name in ADAM_LIKE:
+        n = sum(x.size for x in jax.tree.leaves(params))
+        v0 = jax.random.normal(jax.random.fold_in(key, 1), (n,), jnp.float32)
+        adam = curv.adam_preconditioned_sharpness(
+            hvp_fn, params, state.opt_state, v0, settings.lanczos_steps, include_bias_correction=True,
+            k=1, b1=optimizer.b1, b2=optimizer.b2, eps=optimizer.eps,
+        )  # fmt: skip
+        # Adam's preconditioner needs at least one update (its bias correction divides by 1 - b2^t).
+        started = curv.find_adam_state(state.opt_state).count > 0
+        sharpness = jnp.where(started, adam.values[0], jnp.nan)
+        residual = jnp.where(started, adam.residuals[0], jnp.nan)
+    return Measurement(probes, summary, sharpness, residual)
+
+
+def measure_grid(program, settings: CurvatureConfig, optimizer: OptimizerConfig, states, hypers, batch, key):
+    """``measure_model`` for every model of an (S, V) grid; hypers (V, ...), batch and key shared."""
+    one = lambda st, h: measure_model(program, settings, optimizer, st, h, batch, key)  # noqa: E731
+    return jax.vmap(jax.vmap(one, in_axes=(0, 0)), in_axes=(0, None))(states, hypers)
+
+
+def density_grid(program, settings: CurvatureConfig, states, hypers, batch, key):
+    """SLQ nodes and weights of every model's Hessian, each (S, V, probes, steps)."""
+
+    def one(state, h):
+        params = _without_divergence(state).params
+        matvec = curv.flat_matvec(_hvp_fn(program, h, batch), params)
+        n = sum(x.size for x in jax.tree.leaves(params))
+        steps = min(settings.density_steps, n)
+        density = curv.slq_density(matvec, key, n, settings.density_probes, steps, jnp.zeros(1), 1.0, jnp.float32)
+        return density.nodes, density.weights
+
+    return jax.vmap(jax.vmap(one, in_axes=(0, 0)), in_axes=(0, None))(states, hypers)
+
+
+def measurement_batch(train_x: np.ndarray, train_y: np.ndarray, examples: int) -> Batch:
+    """The fixed examples every measurement uses: the first ``examples`` training examples."""
+    n = min(examples, len(train_x))
+    return Batch(x=jnp.asarray(train_x[:n], jnp.float32), y=jnp.asarray(train_y[:n]), weight=jnp.ones(n, jnp.float32))
+
+
+def measurement_key(step: int) -> jax.Array:
+    """The start vector and probes of the measurement at ``step``: the same for every model and run."""
+    return jax.random.fold_in(jax.random.PRNGKey(20240), step)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows of curvature.csv
+# ---------------------------------------------------------------------------------------------
+
+IDENTITY_COLUMNS = ("model", "seed", "inputs", "lr", "epoch", "step", "skipped")
+SCALAR_PROBES = (
+    "loss", "accuracy", "grad_norm", "mean_abs_logit", "max_logit_gap", "mean_max_prob", "clipped_wrong_frac",
+    "clipped_frac", "predicted_class_frac",
+)  # fmt: skip
+LAYER_PROBES = (
+    ("grad_norm", "layer_grad_norms"),
+    ("weight_norm", "layer_weight_norms"),
+    ("update_ratio", "update_ratio"),
+)
+HIDDEN_PROBES = ("dead_frac", "always_on_frac", "saturated_frac", "preact_mean", "preact_std")
+
+
+def curvature_columns(num_hidden: int, top_k: int) -> list[str]:
+    """The columns of curvature.csv for ``num_hidden`` hidden layers and ``top_k`` eigenvalues."""
+    columns = [*IDENTITY_COLUMNS, *SCALAR_PROBES]
+    for i in range(num_hidden + 1):
+        columns += [f"{name}_{i}" for name, _ in LAYER_PROBES] + [f"layer_{i}_top_eig", f"layer_{i}_trace"]
+    for j in range(num_hidden):
+        columns += [f"{name}_{j}" for name in HIDDEN_PROBES]
+    columns += [f"top_eig_{r + 1}" for r in range(top_k)] + [f"top_res_{r + 1}" for r in range(top_k)]
+    columns += ["bottom_eig_1", "bottom_res_1", "trace", "trace_stderr"]
+    columns += ["adam_sharpness", "adam_sharpness_res", "sgd_threshold", "adam_threshold"]
+    return columns
+
+
+def model_numbers(m: Measurement, num_hidden: int) -> dict[str, float]:
+    """One model's measurement (numpy, no model axes) as {column: value}, without identity columns."""
+    p, h, b = m.probes, m.curvature.hessian, m.curvature.blocks
+    out = {name: float(getattr(p, name)) for name in SCALAR_PROBES}
+    for i in range(num_hidden + 1):
+        for column, field in LAYER_PROBES:
+            out[f"{column}_{i}"] = float(getattr(p, field)[i])
+        out[f"layer_{i}_top_eig"] = float(b.top_eigenvalues[i, 0])
+        out[f"layer_{i}_trace"] = float(b.trace[i])
+    for j in range(num_hidden):
+        for name in HIDDEN_PROBES:
+            out[f"{name}_{j}"] = float(getattr(p, name)[j])
+    for r in range(h.top_eigenvalues.shape[0]):
+        out[f"top_eig_{r + 1}"] = float(h.top_eigenvalues[r])
+        out[f"top_res_{r + 1}"] = float(h.top_residuals[r])
+    out.update(
+        bottom_eig_1=float(h.bottom_eigenvalues[0]), bottom_res_1=float(h.bottom_residuals[0]),
+        trace=float(h.trace), trace_stderr=float(h.trace_stderr),
+        adam_sharpness=float(m.adam_sharpness), adam_sharpness_res=float(m.adam_residual),
+    )  # fmt: skip
+    return out
+
+
+def thresholds(optimizer: OptimizerConfig, lr: float) -> dict[str, float]:
+    adam = curv.adam_threshold(lr, optimizer.b1) if optimizer.name in ADAM_LIKE else math.nan
+    return {"sgd_threshold": curv.sgd_threshold(lr), "adam_threshold": adam}
+
+
+def skip_reason(diverged: bool, diverge_epoch: int) -> str:
+    return f"diverged in epoch {diverge_epoch + 1}" if diverged else ""
