@@ -169,6 +169,9 @@ def run(argv) -> int:
     from scalelab.data import load_dataset
     from scalelab.progress import EpochProgress
     from scalelab.runner import run_grid
+    from scalelab.sharding import maybe_initialize_distributed
+
+    maybe_initialize_distributed()  # a no-op unless a multi-host launch is configured (README)
 
     dataset = load_dataset(config.data.name, config.data.data_dir)
     if args.resume is None:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scalelab import grid as grid_lib
-from scalelab import measure
+from scalelab import measure, sharding
 from scalelab.config import RunConfig, config_differences
 from scalelab.errors import ScalelabError, UsageError
 from scalelab.losses import get_loss
@@ -202,8 +202,13 @@ class ChunkRun:
 
     index: int
     coords: tuple[slice, slice]
-    order_keys: jax.Array
-    hypers: Hypers
+    order_keys: jax.Array  # placed on the mesh, padded
+    hypers: Hypers  # placed on the mesh, padded
+    layout: sharding.GridLayout
+
+    def host(self, tree):
+        """A (padded, sharded) grid pytree as numpy arrays of the chunk's real (S_c, V_c) models."""
+        return sharding.unpad(sharding.to_host(tree), self.layout)
 
 
 def run_grid(
@@ -228,10 +233,9 @@ def run_grid(
     start_chunk, start_epoch, restored = 0, 0, None
     if resume and run_dir is not None:
         start_chunk, start_epoch, restored, rows, curvature_rows = _restore(run_dir, config, chunks)
-    data = jax.device_put(plan.data)
     fns = compile_programs()
     recorder = Recorder(plan, fns, run_dir) if config.curvature.enabled else None
-    params_dir = run_dir if save_params else None
+    params_dir = run_dir if save_params and jax.process_index() == 0 else None
     epochs = config.train.epochs
     steps_per_epoch = plan.program.num_steps(plan.data.train_x.shape[0])
     every = config.curvature.every if recorder is not None else 0
@@ -240,14 +244,19 @@ def run_grid(
             seed_slice, variant_slice = chunks[c]
             seeds = plan.seeds[seed_slice]
             init_keys, order_keys = grid_lib.seed_keys(seeds)
-            hypers = jax.tree.map(lambda h, vs=variant_slice: jnp.asarray(h[vs]), plan.hypers)
-            chunk = ChunkRun(c, chunks[c], order_keys, hypers)
             num_variants = len(plan.variants[variant_slice])
-            state = fns.init(plan.program, init_keys, num_variants, plan.data.train_x.shape[1])
+            state = sharding.to_host(fns.init(plan.program, init_keys, num_variants, plan.data.train_x.shape[1]))
             first_epoch = 0
             if c == start_chunk and restored is not None:
-                state = jax.tree.unflatten(jax.tree.structure(state), [jnp.asarray(x) for x in restored])
+                state = jax.tree.unflatten(jax.tree.structure(state), restored)
                 first_epoch = start_epoch
+            # The chunk's models are spread over every device (a (1, 1) mesh on one device).
+            layout = sharding.plan_layout(len(seeds), num_variants, jax.device_count())
+            hypers = jax.tree.map(lambda h, vs=variant_slice: h[vs], plan.hypers)
+            state, hypers, data, order_keys = sharding.shard_grid(
+                layout, sharding.make_mesh(layout), state, hypers, plan.data, sharding.to_host(order_keys)
+            )
+            chunk = ChunkRun(c, chunks[c], order_keys, hypers, layout)
             if first_epoch == 0:
                 if recorder is not None:
                     curvature_rows.extend(recorder.measure(chunk, state, 0, 0.0))
@@ -259,14 +268,14 @@ def run_grid(
                         plan, fns, recorder, chunk, state, data, epoch, steps_per_epoch, every, curvature_rows
                     )
                 else:
-                    state, metrics = fns.epoch(plan.program, state, hypers, data, order_keys, jnp.int32(epoch))
-                rows.extend(epoch_rows(plan, chunks[c], epoch, metrics))
+                    state, metrics = fns.epoch(plan.program, state, hypers, data, order_keys, np.int32(epoch))
+                rows.extend(epoch_rows(plan, chunks[c], epoch, chunk.host(metrics)))
                 if recorder is not None:
                     curvature_rows.extend(recorder.measure(chunk, state, (epoch + 1) * steps_per_epoch, epoch + 1.0))
                 _save_params(params_dir, plan, chunk, state, epoch + 1)
                 done = (c, epoch + 1) if epoch + 1 < epochs else (c + 1, 0)
-                if run_dir is not None:
-                    _checkpoint(run_dir, state, rows, curvature_rows, done, plan)
+                if run_dir is not None and jax.process_index() == 0:  # one writer when several hosts
+                    _checkpoint(run_dir, chunk.host(state), rows, curvature_rows, done, plan)
                 if on_epoch is not None:
                     on_epoch(c, epoch, rows)
                 if stop.requested and done != (len(chunks), 0):
@@ -280,7 +289,7 @@ def run_grid(
 
 def _segmented_epoch(plan, fns, recorder, chunk, state, data, epoch, steps_per_epoch, every, curvature_rows):
     """An epoch as consecutive stretches of steps, measuring every model between them."""
-    program, e = plan.program, jnp.int32(epoch)
+    program, e = plan.program, np.int32(epoch)
     orders, weights = fns.batches(program, chunk.order_keys, e, plan.data.train_x.shape[0])
     sums = grid_lib.zero_sums(state)
     for start, stop in segment_bounds(steps_per_epoch, every):
@@ -306,8 +315,8 @@ class Recorder:
             self.plan.program, config.curvature, config.optimizer, state, chunk.hypers, self.batch,
             measure.measurement_key(step),
         )  # fmt: skip
-        m = grid_lib.to_numpy(m)
-        status = grid_lib.to_numpy(state.status)
+        m = chunk.host(m)
+        status = chunk.host(state.status)
         rows = []
         for i, j, model in chunk_models(self.plan, chunk):
             reason = measure.skip_reason(bool(status.diverged[i, j]), int(status.diverge_epoch[i, j]))
@@ -322,9 +331,9 @@ class Recorder:
         return rows
 
     def record_density(self, chunk: ChunkRun, state) -> None:
-        if self.run_dir is None or self.plan.config.curvature.density_probes < 1:
+        if self.run_dir is None or jax.process_index() != 0 or self.plan.config.curvature.density_probes < 1:
             return
-        nodes, weights = grid_lib.to_numpy(
+        nodes, weights = chunk.host(
             self.fns.density(
                 self.plan.program, self.plan.config.curvature, state, chunk.hypers, self.batch,
                 measure.measurement_key(0),
@@ -352,7 +361,7 @@ def _save_params(run_dir: RunDir | None, plan: GridPlan, chunk: ChunkRun, state,
     """Every model's params after ``epoch`` (0 = init) into ``params/epoch_EEE.npz``."""
     if run_dir is None:
         return
-    params = grid_lib.to_numpy(state.params)
+    params = chunk.host(state.params)
     per_model = {m.index: jax.tree.map(lambda x, i=i, j=j: x[i, j], params) for i, j, m in chunk_models(plan, chunk)}
     run_dir.save_params(epoch, per_model)
 
@@ -364,7 +373,7 @@ def _checkpoint(run_dir: RunDir, state, rows: list[dict], curvature_rows: list[d
     if curvature_rows:
         columns = measure.curvature_columns(len(plan.config.model.hidden), plan.config.curvature.top_k)
         run_dir.write_curvature(sorted(curvature_rows, key=lambda r: (r["model"], r["step"])), columns)
-    leaves = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))]
+    leaves = [np.asarray(x) for x in jax.tree.leaves(state)]
     meta = {"chunk": done[0], "epoch": done[1], "rows": rows, "curvature_rows": curvature_rows, "time": time.time()}
     run_dir.save_checkpoint(leaves, meta)
 
@@ -404,9 +413,10 @@ def _auto_chunk(plan: GridPlan) -> int:
 
 
 def _device_memory_bytes() -> int:
+    """Memory the grid may use: every accelerator's limit (the models are sharded), else the RAM."""
     stats = jax.devices()[0].memory_stats() or {}
     if "bytes_limit" in stats:
-        return int(stats["bytes_limit"])
+        return int(stats["bytes_limit"]) * jax.device_count()
     import os
 
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+# Many tests (and the subprocesses they start) compile the same small programs: XLA's persistent
+# compilation cache, shared through the environment, compiles each once per machine. Set before
+# JAX is imported, since JAX reads these at import.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(tempfile.gettempdir()) / "scalelab-tests-jax-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 
 def make_images(num: int, num_classes: int = 10, side: int = 8, seed: int = 0):

@@ -16,6 +16,7 @@ import pytest
 
 from scalelab import sharding
 from scalelab.errors import UsageError
+from scalelab.results import RunDir, read_metrics
 from scalelab.train import ModelStatus, TrainState
 from tests.sharded_check import GRIDS
 
@@ -190,3 +191,28 @@ def test_only_the_padded_models_are_frozen(sharded_runs, grid):
     assert stopped.shape == (layout.padded_seeds, layout.padded_variants)
     assert not stopped[:seeds, :variants].any()
     assert stopped.sum() == layout.num_padding
+
+
+def test_scale_grid_on_four_devices_writes_what_one_device_writes(idx_folder, tmp_path):
+    """The whole job (training, curvature, checkpoints) sharded over 4 devices, 3 models (1 padded)."""
+    flags = ["--data", "idx", "--data-dir", str(idx_folder), "--epochs", "2", "--seeds", "1", "--hidden", "8",
+             "--batch-size", "32", "--inputs", "/1,/255,zscore", "--curvature-examples", "32", "--lanczos-steps", "4",
+             "--no-report", "--no-progress"]  # fmt: skip
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    runs = {}
+    for devices in (1, NUM_DEVICES):
+        out = tmp_path / f"devices{devices}"
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        subprocess.run([sys.executable, "-m", "experiments.scale_grid", *flags, "--out", str(out)],
+                       check=True, cwd=ROOT, env=env, capture_output=True)  # fmt: skip
+        runs[devices] = (read_metrics(out / "metrics.csv"), RunDir(out).curvature())
+    (one_rows, one_curv), (many_rows, many_curv) = runs[1], runs[NUM_DEVICES]
+    assert len(one_rows) == len(many_rows) == 6 and len(one_curv) == len(many_curv) == 9
+    for a, b in zip(one_rows, many_rows, strict=True):
+        assert (a["model"], a["epoch"], a["inputs"]) == (b["model"], b["epoch"], b["inputs"])
+        for key in ("train_loss", "test_loss", "grad_norm"):
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-5)
+    for a, b in zip(one_curv, many_curv, strict=True):
+        assert (a["model"], a["step"]) == (b["model"], b["step"])
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+        np.testing.assert_allclose(a["top_eig_1"], b["top_eig_1"], rtol=1e-3, atol=1e-6)
