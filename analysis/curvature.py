@@ -87,12 +87,14 @@ def run(argv) -> int:
         raise UsageError("--run RUN_DIR needs --epoch E (0 = init; see RUN_DIR/params/)")
     import jax
 
-    jax.config.update("jax_enable_x64", bool(args.x64))
-    if args.params is not None:
-        result = analyse(load_flax_npz(args.params), args.inputs, args.activation, _load_train(args), examples, args)
-        result = {"params": str(args.params), **result}
-    else:
-        result = analyse_run(args, examples)
+    # A context, not a global switch: callers in the same process (tests, notebooks) keep float32.
+    with jax.enable_x64(bool(args.x64)):
+        if args.params is not None:
+            params, train = load_flax_npz(args.params), _load_train(args)
+            one = analyse(params, args.inputs, args.activation, train, examples, args)
+            result = {"params": str(args.params), **one}
+        else:
+            result = analyse_run(args, examples)
     text = json.dumps(result, indent=2)
     if args.json:
         from scalelab.results import atomic_write_text

@@ -52,7 +52,6 @@ distance at steps 1, 10, 100, ..., the first step over the tolerance, and non-fi
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import functools
@@ -132,9 +131,9 @@ def build_parser() -> cli.Parser:
     p.add_argument("--hidden", type=cli.int_list, default=(128,), help="hidden widths (default 128)")
     p.add_argument("--activation", default="relu", help="relu (default), sigmoid, tanh, gelu, identity")
     p.add_argument("--loss", default="ce", help="ce (default, exact), keras-ce, mse")
-    p.add_argument("--sgd-lr", type=positive_float, default=1e-2, help="SGD learning rate (default 1e-2)")
-    p.add_argument("--adam-lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--eps", type=positive_float, default=1e-7, help="Adam epsilon (default 1e-7, Keras)")
+    p.add_argument("--sgd-lr", type=cli.positive_float, default=1e-2, help="SGD learning rate (default 1e-2)")
+    p.add_argument("--adam-lr", type=cli.positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--eps", type=cli.positive_float, default=1e-7, help="Adam epsilon (default 1e-7, Keras)")
     p.add_argument("--x64", action="store_true", help="compute in float64 (shows the deviations are rounding)")
     cli.add_data_flags(p)
     p.add_argument("--out", type=Path, help=f"run directory to create (default runs/{PROG}-TIMESTAMP)")
@@ -212,16 +211,6 @@ def parse_variants(text: str | None) -> tuple[str, ...]:
     if any(v not in known for v in chosen) or len(set(chosen)) != len(chosen):
         raise UsageError(f"--variants {text!r}: list each of {', '.join(known)} at most once")
     return chosen
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0")
-    return value
 
 
 def chosen_variants(settings: Settings) -> list[Variant]:

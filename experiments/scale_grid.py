@@ -89,6 +89,8 @@ def build_parser() -> cli.Parser:
         type=cli.non_negative_int,
         help=f"Hutchinson probes for the Hessian trace, 0 = none (default {curv.trace_probes})",
     )
+    p.add_argument("--checkpoint-every", type=cli.positive_int, default=1, metavar="N",
+                   help="write metrics and a resumable checkpoint every N epochs (default 1)")
     p.add_argument("--no-save-params", action="store_true", help="do not keep every epoch's params in params/")
     p.add_argument("--no-report", action="store_true", help="do not write figures and report.md/html at the end")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -184,7 +186,7 @@ def run(argv) -> int:
         _, rows = run_grid(
             config, dataset, run_dir, resume=args.resume is not None,
             max_models_per_chunk=args.max_models_per_chunk, on_epoch=progress.update,
-            save_params=not args.no_save_params,
+            save_params=not args.no_save_params, checkpoint_every=args.checkpoint_every,
         )  # fmt: skip
     summary = summarize(rows)
     run_dir.write_summary(summary)

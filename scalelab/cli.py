@@ -7,6 +7,7 @@ errors, 1 for runtime errors, 130 for an interrupted run; ``--debug`` shows the 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable, Sequence
 
@@ -90,3 +91,13 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
         help="folder with train-images-idx3-ubyte[.gz] etc.; default search: $SCALELAB_DATA_DIR, "
         "/usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist), data/fashion-mnist",
     )  # fmt: skip
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0")
+    return value

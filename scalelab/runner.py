@@ -220,11 +220,14 @@ def run_grid(
     max_models_per_chunk: int | None = None,
     on_epoch: Callable[[int, int, list[dict]], None] | None = None,
     save_params: bool = True,
+    checkpoint_every: int = 1,
 ) -> tuple[GridPlan, list[dict[str, Any]]]:
     """Trains the whole grid and returns (plan, rows); writes ``run_dir`` as it goes if given.
 
     With ``config.curvature.enabled`` every model is also measured at init, every
     ``config.curvature.every`` steps and after each epoch (``curvature.csv``, ``spectrum.json``).
+    Rows and the grid state are checkpointed every ``checkpoint_every`` epochs, after a chunk's
+    last epoch and when a stop is requested.
     """
     plan = plan_grid(config, dataset)
     chunks = grid_lib.split_chunks(len(plan.seeds), len(plan.variants), max_models_per_chunk or _auto_chunk(plan))
@@ -274,7 +277,8 @@ def run_grid(
                     curvature_rows.extend(recorder.measure(chunk, state, (epoch + 1) * steps_per_epoch, epoch + 1.0))
                 _save_params(params_dir, plan, chunk, state, epoch + 1)
                 done = (c, epoch + 1) if epoch + 1 < epochs else (c + 1, 0)
-                if run_dir is not None and jax.process_index() == 0:  # one writer when several hosts
+                due = (epoch + 1) % checkpoint_every == 0 or done[1] == 0 or stop.requested
+                if due and run_dir is not None and jax.process_index() == 0:  # one writer when several hosts
                     _checkpoint(run_dir, chunk.host(state), rows, curvature_rows, done, plan)
                 if on_epoch is not None:
                     on_epoch(c, epoch, rows)

@@ -109,4 +109,23 @@ def test_ctrl_c_stops_at_an_epoch_boundary_saves_and_says_how_to_resume(tmp_path
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "interrupted"
     rows = results.read_metrics(run / "metrics.csv")
-    assert max(r["epoch"] for r in rows) == _checkpoint_epoch(run) < 12
+    assert max(r["epoch"] for r in rows) == _checkpoint_epoch(run) < 6
+
+
+def test_checkpoint_every_n_epochs_and_always_after_the_last(tiny_dataset, tmp_path):
+    from scalelab.config import CurvatureConfig, DataConfig, GridConfig, ModelConfig, RunConfig, TrainConfig
+    from scalelab.runner import run_grid
+
+    config = RunConfig(
+        data=DataConfig(name="synthetic"), model=ModelConfig(hidden=(8,)), train=TrainConfig(epochs=3, batch_size=32),
+        grid=GridConfig(inputs=("/255",), seeds=1), curvature=CurvatureConfig(enabled=False),
+    )  # fmt: skip
+    run = results.RunDir.create(tmp_path / "run", config)
+    seen = []
+
+    def on_epoch(chunk, epoch, rows):
+        loaded = run.load_checkpoint()
+        seen.append(None if loaded is None else (loaded[1]["chunk"], loaded[1]["epoch"]))
+
+    run_grid(config, tiny_dataset, run, checkpoint_every=2, on_epoch=on_epoch)
+    assert seen == [None, (0, 2), (1, 0)]

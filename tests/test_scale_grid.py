@@ -51,6 +51,14 @@ def test_cli_writes_config_metrics_and_summary(idx_folder, tmp_path, capsys):
         (["--bogus-flag"], "unrecognized"),
         (["--batch-size", "100000"], "--batch-size"),
         (["--train-limit", "99999999"], "--train-limit"),
+        (["--patience", "-1"], "--patience"),
+        (["--epochs", "3.5"], "--epochs"),
+        (["--init", "orthogonal"], "initialiser"),
+        (["--curvature-every", "-5"], "--curvature-every"),
+        (["--curvature-examples", "0"], "--curvature-examples"),
+        (["--trace-probes", "1"], "--trace-probes"),
+        (["--top-k", "5", "--lanczos-steps", "3"], "--top-k"),
+        (["--resume", "elsewhere"], "--resume"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line_naming_the_problem(argv, needle, idx_folder, tmp_path, capsys):
