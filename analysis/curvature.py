@@ -128,11 +128,7 @@ def analyse_run(args, examples: slice) -> dict:
         raise UsageError(f"--model {args.model}: the run has models 0..{len(plan.models) - 1}")
     results = []
     for m in models:
-        flat = run_dir.load_params(args.epoch, m.index)
-        params = {"params": {}}
-        for key, value in flat.items():
-            layer, name = key.split("/")
-            params["params"].setdefault(layer, {})[name] = value
+        params = run_dir.load_params(args.epoch, m.index)
         one = analyse(params, m.inputs, config.model.activation, train, examples, args)
         results.append({"model": m.index, "seed": m.seed, "lr": m.lr, **one})
     return {"run": str(args.run), "epoch": args.epoch, "models": results}

@@ -11,7 +11,6 @@ Rows with a non-empty ``skipped`` or non-finite numbers are left out of every me
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 import sys
@@ -27,12 +26,10 @@ from matplotlib.ticker import MaxNLocator
 
 from scalelab import cli
 from scalelab.errors import ScalelabError
-from scalelab.results import RunDir, atomic_write_bytes, final_rows, read_json
+from scalelab.results import RunDir, atomic_write_bytes, final_rows, read_curvature, read_json
 
 PROG = "analysis.plots"
 FIGURE_FORMATS = ("png", "svg")
-CURVATURE_INTS = {"model", "seed", "step"}
-CURVATURE_STRS = {"inputs", "skipped"}
 MAX_SPECTRA = 6  # panels in the spectral-density figure; more would be unreadable
 
 
@@ -50,32 +47,13 @@ class RunData:
     spectrum: dict[str, Any] | None
 
 
-def read_curvature(path: Path) -> list[dict[str, Any]]:
-    """Reads curvature.csv: model/seed/step as int, inputs/skipped as str, everything else float."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [{k: _curvature_value(path, k, v) for k, v in row.items()} for row in rows]
-
-
-def _curvature_value(path: Path, key: str, text: str | None):
-    text = "" if text is None else text
-    if key in CURVATURE_STRS:
-        return text
-    try:
-        value = float(text) if text else math.nan
-    except ValueError:
-        raise ScalelabError(f"{path}: column {key!r} holds {text!r}, not a number; the file is damaged") from None
-    # A skipped row may hold nan even in an int column; it stays a float, and is filtered out later.
-    return int(value) if key in CURVATURE_INTS and value.is_integer() else value
-
-
 def load_run(path: Path) -> RunData:
     """Reads a run directory; config.json as plain JSON, since its sections grow over time."""
     run = RunDir.open(Path(path))
     metrics = run.metrics()
     if not metrics:
         raise ScalelabError(f"{run.metrics_path} has no rows yet; wait until the run has finished an epoch")
-    curvature_path, spectrum_path = run.path / "curvature.csv", run.path / "spectrum.json"
+    curvature_path, spectrum_path = run.curvature_path, run.spectrum_path
     return RunData(
         path=run.path,
         config=read_json(run.config_path),

@@ -79,15 +79,27 @@ def rows_csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return out.getvalue()
 
 
+CURVATURE_INTS = {"model", "seed", "step"}
+CURVATURE_STRS = {"inputs", "skipped"}
+
+
 def read_curvature(path: Path) -> list[dict[str, Any]]:
-    """Reads curvature.csv back: model/seed/step as int, inputs/skipped as str, the rest float."""
+    """Reads curvature.csv: model/seed/step as int, inputs/skipped as str, everything else float."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    ints, strs = {"model", "seed", "step"}, {"inputs", "skipped"}
-    return [
-        {k: int(v) if k in ints else v if k in strs else float(v) for k, v in row.items()}
-        for row in rows
-    ]  # fmt: skip
+    return [{k: _curvature_value(path, k, v) for k, v in row.items()} for row in rows]
+
+
+def _curvature_value(path: Path, key: str, text: str | None):
+    text = "" if text is None else text
+    if key in CURVATURE_STRS:
+        return text
+    try:
+        value = float(text) if text else math.nan
+    except ValueError:
+        raise ScalelabError(f"{path}: column {key!r} holds {text!r}, not a number; the file is damaged") from None
+    # A skipped row may hold nan even in an int column; it stays a float, and is filtered out later.
+    return int(value) if key in CURVATURE_INTS and value.is_integer() else value
 
 
 def _csv_value(value):
@@ -205,18 +217,22 @@ class RunDir:
         np.savez(buffer, **arrays)
         atomic_write_bytes(path, buffer.getvalue())
 
-    def load_params(self, epoch: int, model: int) -> dict[str, np.ndarray]:
-        """One model's params at ``epoch`` (0 = init) as flat ``{'Dense_0/kernel': array, ...}``."""
+    def load_params(self, epoch: int, model: int) -> dict[str, Any]:
+        """One model's Flax params at ``epoch`` (0 = init): ``{'params': {'Dense_0': {'kernel', 'bias'}, ...}}``."""
         path = self.params_path(epoch)
         if not path.exists():
             saved = sorted(int(p.stem.split("_")[1]) for p in self.params_dir.glob("epoch_*.npz"))
             raise ScalelabError(f"{path} is missing; this run saved params for epochs {saved or 'none'}")
         prefix = f"model_{model}/"
+        layers: dict[str, dict[str, np.ndarray]] = {}
         with np.load(path) as npz:
-            found = {k[len(prefix) :]: npz[k] for k in npz.files if k.startswith(prefix)}
-        if not found:
+            for key in npz.files:
+                if key.startswith(prefix):
+                    layer, name = key[len(prefix) :].split("/")
+                    layers.setdefault(layer, {})[name] = npz[key]
+        if not layers:
             raise ScalelabError(f"{path} has no model {model}; see metrics.csv for the run's model numbers")
-        return found
+        return {"params": layers}
 
     def save_checkpoint(self, leaves: list[np.ndarray], meta: dict[str, Any]) -> None:
         """Saves the grid state's leaves and a JSON ``meta`` (position, rows so far) in one file."""

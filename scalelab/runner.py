@@ -113,22 +113,17 @@ def plan_grid(config: RunConfig, dataset) -> GridPlan:
 
 def epoch_rows(plan: GridPlan, chunk, epoch: int, metrics: grid_lib.EpochMetrics) -> list[dict]:
     """Turns one chunk's (S_c, V_c) metrics into rows (epoch is 1-based, as Keras prints it)."""
-    seed_slice, variant_slice = chunk
     m = grid_lib.to_numpy(metrics)
-    rows = []
-    num_variants = len(plan.variants)
-    for i, s in enumerate(range(len(plan.seeds))[seed_slice]):
-        for j, v in enumerate(range(num_variants)[variant_slice]):
-            name, lr = plan.variants[v]
-            rows.append({
-                "model": s * num_variants + v, "seed": plan.seeds[s], "inputs": name, "lr": lr,
-                "epoch": epoch + 1,
-                "train_loss": float(m.train_loss[i, j]), "train_acc": float(m.train_acc[i, j]),
-                "test_loss": float(m.test_loss[i, j]), "test_acc": float(m.test_acc[i, j]),
-                "grad_norm": float(m.grad_norm[i, j]),
-                "stopped": bool(m.stopped[i, j]), "diverged": bool(m.diverged[i, j]),
-            })  # fmt: skip
-    return rows
+    return [
+        {
+            "model": model.index, "seed": model.seed, "inputs": model.inputs, "lr": model.lr, "epoch": epoch + 1,
+            "train_loss": float(m.train_loss[i, j]), "train_acc": float(m.train_acc[i, j]),
+            "test_loss": float(m.test_loss[i, j]), "test_acc": float(m.test_acc[i, j]),
+            "grad_norm": float(m.grad_norm[i, j]),
+            "stopped": bool(m.stopped[i, j]), "diverged": bool(m.diverged[i, j]),
+        }
+        for i, j, model in chunk_models(plan, chunk)
+    ]  # fmt: skip
 
 
 class StopRequested:
@@ -322,7 +317,7 @@ class Recorder:
         m = chunk.host(m)
         status = chunk.host(state.status)
         rows = []
-        for i, j, model in chunk_models(self.plan, chunk):
+        for i, j, model in chunk_models(self.plan, chunk.coords):
             reason = measure.skip_reason(bool(status.diverged[i, j]), int(status.diverge_epoch[i, j]))
             numbers = measure.model_numbers(jax.tree.map(lambda x, i=i, j=j: x[i, j], m), self.num_hidden)
             if reason:
@@ -346,14 +341,14 @@ class Recorder:
         entries = [
             {"model": model.index, "seed": model.seed, "inputs": model.inputs, "lr": model.lr,
              "nodes": nodes[i, j].tolist(), "weights": weights[i, j].tolist()}
-            for i, j, model in chunk_models(self.plan, chunk)
+            for i, j, model in chunk_models(self.plan, chunk.coords)
         ]  # fmt: skip
         self.run_dir.add_spectrum(entries)
 
 
-def chunk_models(plan: GridPlan, chunk: ChunkRun):
-    """(i, j, ModelId) for the chunk's models, (i, j) their place in the chunk's (S_c, V_c) axes."""
-    seed_slice, variant_slice = chunk.coords
+def chunk_models(plan: GridPlan, coords: tuple[slice, slice]):
+    """(i, j, ModelId) for a chunk's models, (i, j) their place in the chunk's (S_c, V_c) axes."""
+    seed_slice, variant_slice = coords
     num_variants = len(plan.variants)
     models = plan.models
     for i, s in enumerate(range(len(plan.seeds))[seed_slice]):
@@ -366,7 +361,8 @@ def _save_params(run_dir: RunDir | None, plan: GridPlan, chunk: ChunkRun, state,
     if run_dir is None:
         return
     params = chunk.host(state.params)
-    per_model = {m.index: jax.tree.map(lambda x, i=i, j=j: x[i, j], params) for i, j, m in chunk_models(plan, chunk)}
+    models = chunk_models(plan, chunk.coords)
+    per_model = {m.index: jax.tree.map(lambda x, i=i, j=j: x[i, j], params) for i, j, m in models}
     run_dir.save_params(epoch, per_model)
 
 
