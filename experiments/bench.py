@@ -84,6 +84,11 @@ def build_parser() -> cli.Parser:
         default=True,
         help="time the top Hessian eigenvalue, vmapped vs one model at a time (default on)",
     )
+    p.add_argument(
+        "--models-per-block",
+        type=cli.non_negative_int,
+        help="models stepped together inside a grid's epoch (default: automatic, as scale_grid; 0: all at once)",
+    )
     p.add_argument("--keras", action="store_true", help="also time Keras model.fit of one model, if keras is installed")
     p.add_argument(
         "--host-devices",
@@ -111,7 +116,7 @@ def resolve_settings(args) -> dict:
 
 def run(argv) -> int:
     args = build_parser().parse_args(argv)
-    settings = resolve_settings(args)
+    settings = {**resolve_settings(args), "models_per_block": args.models_per_block}
     jax_preloaded = _request_host_devices(args.host_devices)
     from scalelab.data import load_dataset  # only now: JAX may initialise from here on
 
@@ -233,6 +238,7 @@ def gemm_peak(size: int, repeats: int) -> dict:
 @dataclasses.dataclass(frozen=True)
 class GridTiming:
     compile_s: float
+    models_per_block: int  # as resolved by the grid planner (0: all models at once)
     call_s: tuple[float, ...]  # per call: best of ``repeats`` single epochs of that call's models
     num_params: int  # per model
     steps_per_epoch: int
@@ -240,7 +246,11 @@ class GridTiming:
 
 
 def time_grid_epoch(
-    config, dataset, calls: Sequence[tuple[Sequence[int], Sequence[float]]], repeats: int
+    config,
+    dataset,
+    calls: Sequence[tuple[Sequence[int], Sequence[float]]],
+    repeats: int,
+    models_per_block: int | None = None,
 ) -> GridTiming:
     """Compiles ``grid.train_epoch`` once for ``config``'s (S, V) grid and times one epoch per call.
 
@@ -256,7 +266,7 @@ def time_grid_epoch(
     from scalelab import grid
     from scalelab.runner import plan_grid
 
-    plan = plan_grid(config, dataset)
+    plan = plan_grid(config, dataset, models_per_block)
     data = jax.device_put(plan.data)
     input_dim = plan.data.train_x.shape[1]
     init = jax.jit(grid.init_grid, static_argnums=(0, 2, 3))
@@ -284,7 +294,14 @@ def time_grid_epoch(
             finite &= bool(np.isfinite(np.asarray(metrics.train_loss)).all())
     num_models = len(calls[0][0]) * len(calls[0][1])
     num_params = sum(int(x.size) for x in jax.tree.leaves(states[0].params)) // num_models
-    return GridTiming(compile_s, tuple(best), num_params, plan.program.num_steps(len(plan.data.train_x)), finite)
+    return GridTiming(
+        compile_s,
+        plan.program.models_per_block,
+        tuple(best),
+        num_params,
+        plan.program.num_steps(len(plan.data.train_x)),
+        finite,
+    )
 
 
 def grid_layout(num_models: int) -> tuple[int, tuple[float, ...]]:
@@ -348,7 +365,11 @@ def training_row(settings: dict, dataset, batch_size: int, m: int, sequential: d
     seeds, lrs = grid_layout(m)
     _say(f"training: batch {batch_size}, {m} models vmapped ({seeds} seeds x {len(lrs)} lrs)")
     vm = time_grid_epoch(
-        run_config(settings, batch_size, seeds, lrs), dataset, [(range(seeds), lrs)], settings["repeats"]
+        run_config(settings, batch_size, seeds, lrs),
+        dataset,
+        [(range(seeds), lrs)],
+        settings["repeats"],
+        settings["models_per_block"],
     )
     timed = grid_models(m)[: settings["sequential_max"]]
     per_model = [sequential["per_model_s"][model] for model in timed]
@@ -362,7 +383,7 @@ def training_row(settings: dict, dataset, batch_size: int, m: int, sequential: d
     return {
         "models": m, "batch_size": batch_size, "seeds": seeds, "lrs": list(lrs), "num_params": vm.num_params,
         "steps_per_epoch": vm.steps_per_epoch, "finite": vm.finite and sequential["finite"],
-        "vmapped": {"compile_s": vm.compile_s, **rate(vm.call_s[0])},
+        "vmapped": {"compile_s": vm.compile_s, "models_per_block": vm.models_per_block, **rate(vm.call_s[0])},
         "sequential": {"compile_s": sequential["compile_s"], **rate(seq_s), "timed_models": len(timed),
                        "sequential_method": method, "per_model_epoch_s": {
                            "min": min(per_model), "median": statistics.median(per_model), "max": max(per_model)}},
@@ -538,14 +559,16 @@ def format_report(report: dict) -> str:
         f"{train['test_examples_evaluated']} test examples inside the timed epoch; "
         f"GFLOP/s at {train['flops_per_sample']}",
     ]
-    header = (f"{'batch':>5} {'M':>4} {'SxV':>6} | {'vmapped samples/s':>17} {'GFLOP/s':>8} {'peak':>5} | "
+    header = (f"{'batch':>5} {'M':>4} {'SxV':>6} {'blk':>3} | {'vmapped samples/s':>17} {'GFLOP/s':>8} {'peak':>5} | "
               f"{'sequential samples/s':>20} {'GFLOP/s':>8} {'peak':>5} | {'vmap/seq':>8}")  # fmt: skip
     lines += [header, "-" * len(header)]
     for r in train["results"]:
         vm, sq = r["vmapped"], r["sequential"]
         scaled = "*" if sq["timed_models"] < r["models"] else " "
         lines.append(
-            f"{r['batch_size']:>5} {r['models']:>4} {r['seeds']:>3}x{len(r['lrs']):<2} | {vm['samples_per_s']:>17,.0f} "
+            f"{r['batch_size']:>5} {r['models']:>4} {r['seeds']:>3}x{len(r['lrs']):<2} "
+            f"{vm['models_per_block'] or r['models']:>3} | "
+            f"{vm['samples_per_s']:>17,.0f} "
             f"{vm['gflops']:>8.1f} {vm['frac_of_peak']:>5.0%} | {sq['samples_per_s']:>19,.0f}{scaled} "
             f"{sq['gflops']:>8.1f} {sq['frac_of_peak']:>5.0%} | {r['vmapped_over_sequential']:>8.2f}"
         )

@@ -64,6 +64,13 @@ def build_parser() -> cli.Parser:
         type=cli.positive_int,
         help="train at most this many models at once (default: as many as fit in memory)",
     )
+    p.add_argument(
+        "--models-per-block",
+        type=cli.non_negative_int,
+        metavar="N",
+        help="on a lone CPU, train N models at a time inside each compiled epoch, so their state stays in "
+        "cache (default: about 4 MiB of parameters and optimiser state; 0: all at once)",
+    )
     curv = defaults.curvature
     p.add_argument("--no-curvature", action="store_true", help="measure nothing while training (no curvature.csv)")
     p.add_argument(
@@ -179,13 +186,14 @@ def run(argv) -> int:
     if args.resume is None:
         from scalelab.runner import plan_grid
 
-        plan_grid(config, dataset)  # every remaining check, before a run directory exists
+        plan_grid(config, dataset, args.models_per_block)  # every remaining check, before a run directory exists
         run_dir = RunDir.create(out, config)
     print(f"{PROG}: {_describe(config)} -> {run_dir.path}", file=sys.stderr)
     with EpochProgress(config, enabled=not args.no_progress) as progress:
         _, rows = run_grid(
             config, dataset, run_dir, resume=args.resume is not None,
-            max_models_per_chunk=args.max_models_per_chunk, on_epoch=progress.update,
+            max_models_per_chunk=args.max_models_per_chunk, models_per_block=args.models_per_block,
+            on_epoch=progress.update,
             save_params=not args.no_save_params, checkpoint_every=args.checkpoint_every,
         )  # fmt: skip
     summary = summarize(rows)

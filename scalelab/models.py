@@ -1,4 +1,4 @@
-"""The Keras-shaped MLP of the two posts, as a Flax module, plus the input-affine fold.
+"""The Keras-shaped MLP of the two posts, as a Flax module.
 
 ``MLP(hidden=(128,))`` is Flatten -> Dense 128 -> activation -> Dense 10 (logits; the softmax
 lives in the loss). Parameters use Flax's layout, ``{'params': {'Dense_0': {'kernel': (in, out),
@@ -58,20 +58,3 @@ def make_model(hidden: Sequence[int], num_classes: int, activation: str, kernel_
     if not hidden or any(w <= 0 for w in hidden):
         raise UsageError(f"hidden widths {tuple(hidden)} must be positive integers, e.g. --hidden 128,128")
     return MLP(tuple(hidden), num_classes, activation, kernel_init)
-
-
-def fold_input_affine(params, shift: jax.Array, scale: jax.Array):
-    """Returns params whose first layer applied to raw ``x`` equals the original on ``(x-shift)*scale``.
-
-    ``((x - s) * c) @ W + b = x @ (c[:, None] * W) + (b - (s * c) @ W)``. Exact in real
-    arithmetic (float rounding differs at the 1e-7 level). Why: the models of a grid that share
-    a minibatch then all multiply the *same* raw batch, which XLA turns into one wide GEMM
-    instead of one small matmul per model. Gradients flow through the fold to ``W`` and ``b``.
-    """
-    first = params["params"]["Dense_0"]
-    kernel, bias = first["kernel"], first["bias"]
-    folded = {
-        "kernel": scale[:, None] * kernel,
-        "bias": bias - (shift * scale) @ kernel,
-    }
-    return {"params": {**params["params"], "Dense_0": folded}}

@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import optax
 
 from scalelab.losses import KERAS_EPSILON
-from scalelab.models import fold_input_affine
 from scalelab.train import Batch, Hypers, LossFn, global_norm
 
 # A sigmoid unit whose output is within 1% of 0 or 1 passes < 1% of the gradient it would at 0.5.
@@ -51,8 +50,8 @@ class UnitProbes(NamedTuple):
 
 def hidden_preactivations(model, params, hypers: Hypers, x: jax.Array):
     """(logits, [z_1, ..., z_L]): each hidden Dense layer's output before its activation."""
-    folded = fold_input_affine(params, hypers.shift, hypers.scale)
-    logits, state = model.apply(folded, x, capture_intermediates=True, mutable=["intermediates"])
+    inputs = (x - hypers.shift) * hypers.scale  # as training sees them (``train.logits_fn``)
+    logits, state = model.apply(params, inputs, capture_intermediates=True, mutable=["intermediates"])
     inter = state["intermediates"]
     zs = [inter[f"Dense_{i}"]["__call__"][0] for i in range(len(model.hidden))]
     return logits, zs

@@ -68,8 +68,8 @@ class GridLayout:
 def plan_layout(num_seeds: int, num_variants: int, num_devices: int) -> GridLayout:
     """The mesh ``(ds, dv)``, ``ds * dv = num_devices``, that pads the fewest models.
 
-    Ties go to the larger ``ds``: a seed's variants share its minibatch gather and, with the
-    transform folded into the first layer, one wide GEMM, which splitting them would repeat.
+    Ties go to the larger ``ds``: a seed's variants share its minibatch order, which splitting
+    them would place on several devices.
     Every device is used even when the grid has fewer models than devices: padding then fills
     devices that would otherwise idle, at no cost in wall time.
     """
