@@ -17,7 +17,11 @@ one at a time. Conventions:
   same models and work (> 1: the vmapped program is faster).
 * Each program is compiled ahead of time (``jit(...).lower(...).compile()``, reported as
   ``compile_s``) and run once untimed; its runs are then timed with ``jax.block_until_ready``,
-  best of ``--repeats``.
+  best of ``--repeats`` (more for short epochs: at least MIN_TIMED_S of timed runs).
+* ``step_ceiling_gflops`` (per batch size) is the rate of the bare step at the MLP's shapes: the
+  forward and backward matmuls, the ReLU and a plain SGD update, for as many models as the grid
+  steps together, on random data in one ``lax.scan``. It is what the GEMMs of a minibatch of that
+  size can do on this machine; ``frac_of_step_ceiling`` compares training with it.
 """
 
 from __future__ import annotations
@@ -47,6 +51,10 @@ BASE_LR = 1e-3  # Keras' Adam default; a grid's variants use BASE_LR * LR_RATIO 
 LR_RATIO = 0.8
 VARIANTS_PER_SEED = 8
 CURVATURE_TOL = 1e-3  # Ritz residual / |eigenvalue|
+# Short epochs are timed more often: a figure is the best of at least --repeats runs and of
+# enough runs to cover MIN_TIMED_S, since a 50 ms epoch on a shared machine is easily disturbed.
+MIN_TIMED_S, MAX_REPEATS = 0.5, 20
+STEP_CEILING_STEPS = 128
 CURVATURE_CHUNK = 1024  # examples per HVP chunk: bounded memory, as for full-batch curvature
 DEFAULTS = {
     "models": (1, 8, 32, 128), "batch_sizes": (32, 256), "train_limit": 4096, "test_limit": 256,
@@ -238,8 +246,8 @@ def gemm_peak(size: int, repeats: int) -> dict:
 @dataclasses.dataclass(frozen=True)
 class GridTiming:
     compile_s: float
-    models_per_block: int  # as resolved by the grid planner (0: all models at once)
-    call_s: tuple[float, ...]  # per call: best of ``repeats`` single epochs of that call's models
+    models_per_block: int  # models stepped together, as the grid planner chose
+    call_s: tuple[float, ...]  # per call: the best single epoch of that call's models
     num_params: int  # per model
     steps_per_epoch: int
     finite: bool  # every model's training loss stayed finite
@@ -283,20 +291,26 @@ def time_grid_epoch(
     compile_s = time.perf_counter() - start
     # One untimed run: the first execution of a program pays ~40 ms of one-off set-up on CPU.
     states[0], _ = jax.block_until_ready(compiled(states[0], hypers[0], data, order_keys[0], jnp.int32(0)))
-    best, finite = [math.inf] * len(calls), True
-    for repeat in range(repeats):
+    best, timed, runs, finite = [math.inf] * len(calls), [0.0] * len(calls), [0] * len(calls), True
+    repeat = 0
+    while any(n < repeats or (t < MIN_TIMED_S and n < MAX_REPEATS) for n, t in zip(runs, timed, strict=True)):
         epoch = jnp.int32(repeat)
-        for i in range(len(calls)):
+        for i in range(len(calls)):  # round-robin, so a burst of load hits every call alike
+            if runs[i] >= repeats and (timed[i] >= MIN_TIMED_S or runs[i] >= MAX_REPEATS):
+                continue
             start = time.perf_counter()
             states[i], metrics = compiled(states[i], hypers[i], data, order_keys[i], epoch)
             jax.block_until_ready((states[i], metrics))
-            best[i] = min(best[i], time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            best[i], timed[i], runs[i] = min(best[i], seconds), timed[i] + seconds, runs[i] + 1
             finite &= bool(np.isfinite(np.asarray(metrics.train_loss)).all())
+        repeat += 1
     num_models = len(calls[0][0]) * len(calls[0][1])
     num_params = sum(int(x.size) for x in jax.tree.leaves(states[0].params)) // num_models
+    block = grid.models_per_block(len(calls[0][0]) * len(calls[0][1]), plan.program.models_per_block)
     return GridTiming(
         compile_s,
-        plan.program.models_per_block,
+        block,
         tuple(best),
         num_params,
         plan.program.num_steps(len(plan.data.train_x)),
@@ -342,11 +356,19 @@ def throughput(num_models: int, num_train: int, seconds: float, num_params: int,
 def training_bench(settings: dict, dataset, peak: float) -> dict:
     """Per batch size: the models one at a time, then each M-model grid as one vmapped program."""
     num_train = min(settings["train_limit"], len(dataset.train_images))
-    results = []
+    results, ceilings = [], {}
+    input_dim = math.prod(dataset.train_images.shape[1:])
     for batch_size in settings["batch_sizes"]:
         sequential = sequential_epochs(settings, dataset, batch_size)
-        for m in settings["models"]:
-            results.append(training_row(settings, dataset, batch_size, m, sequential, peak))
+        rows = [training_row(settings, dataset, batch_size, m, sequential, peak) for m in settings["models"]]
+        block = rows[-1]["vmapped"]["models_per_block"]
+        _say(f"step ceiling: batch {batch_size}, {block} models, matmuls + SGD only")
+        ceiling = step_ceiling(batch_size, block, (input_dim, 128, dataset.num_classes), settings["repeats"])
+        ceilings[str(batch_size)] = {"models": block, "gflops": ceiling, "frac_of_peak": ceiling / peak}
+        for row in rows:
+            for kind in ("vmapped", "sequential"):
+                row[kind]["frac_of_step_ceiling"] = row[kind]["gflops"] / ceiling
+        results += rows
     return {
         "model": "MLP 784-128-10 relu, keras-ce, adam (lr 1e-3 * 0.8**v), inputs /255",
         "num_params": results[0]["num_params"],
@@ -355,9 +377,45 @@ def training_bench(settings: dict, dataset, peak: float) -> dict:
         "test_examples_evaluated": settings["test_limit"],
         "evaluation_included": True,
         "timing": "one epoch = scan over minibatches + test evaluation, compiled ahead of time, one untimed "
-        f"warm-up run, then best of {settings['repeats']}; evaluation FLOPs not counted",
+        f"warm-up run, then best of {settings['repeats']} or more (>= {MIN_TIMED_S} s timed); evaluation FLOPs "
+        "not counted",
+        "step_ceiling": ceilings,
         "results": results,
     }
+
+
+def step_ceiling(batch_size: int, num_models: int, widths: tuple[int, int, int], repeats: int) -> float:
+    """GFLOP/s of the bare training step at these shapes: matmuls, ReLU and SGD, nothing else.
+
+    No loss, optimiser state, gather, input transform or bookkeeping: an upper bound for what the
+    real step (``train.train_step``) can reach with minibatches of ``batch_size``.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    d, h, c = widths
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.normal(keys[0], (STEP_CEILING_STEPS, num_models, batch_size, d))
+    w1 = jax.random.normal(keys[1], (num_models, d, h)) * d**-0.5
+    w2 = jax.random.normal(keys[2], (num_models, h, c)) * h**-0.5
+
+    def steps(w1, w2, x):
+        def body(weights, xb):
+            w1, w2 = weights
+            z = jnp.einsum("mbd,mdh->mbh", xb, w1)
+            a = jnp.maximum(z, 0)
+            dy = jnp.einsum("mbh,mhc->mbc", a, w2) * 1e-3  # stands in for the loss gradient
+            dz = jnp.einsum("mbc,mhc->mbh", dy, w2) * (z > 0)
+            dw1, dw2 = jnp.einsum("mbd,mbh->mdh", xb, dz), jnp.einsum("mbh,mbc->mhc", a, dy)
+            return (w1 - 1e-3 * dw1, w2 - 1e-3 * dw2), None
+
+        return jax.lax.scan(body, (w1, w2), x)[0]
+
+    run = jax.jit(steps).lower(w1, w2, x).compile()
+    jax.block_until_ready(run(w1, w2, x))
+    seconds = best_time(lambda: jax.block_until_ready(run(w1, w2, x)), max(3, repeats))
+    params = d * h + h + h * c + c  # biases included, as in num_params
+    return FLOPS_PER_SAMPLE_PER_PARAM * params * num_models * batch_size * STEP_CEILING_STEPS / seconds / 1e9
 
 
 def training_row(settings: dict, dataset, batch_size: int, m: int, sequential: dict, peak: float) -> dict:
@@ -559,21 +617,24 @@ def format_report(report: dict) -> str:
         f"{train['test_examples_evaluated']} test examples inside the timed epoch; "
         f"GFLOP/s at {train['flops_per_sample']}",
     ]
-    header = (f"{'batch':>5} {'M':>4} {'SxV':>6} {'blk':>3} | {'vmapped samples/s':>17} {'GFLOP/s':>8} {'peak':>5} | "
-              f"{'sequential samples/s':>20} {'GFLOP/s':>8} {'peak':>5} | {'vmap/seq':>8}")  # fmt: skip
+    header = (f"{'batch':>5} {'M':>4} {'SxV':>6} {'blk':>3} | {'vmapped samples/s':>17} {'GFLOP/s':>8} {'peak':>5} "
+              f"{'step':>5} | {'sequential samples/s':>20} {'GFLOP/s':>8} {'peak':>5} | {'vmap/seq':>8}")  # fmt: skip
     lines += [header, "-" * len(header)]
     for r in train["results"]:
         vm, sq = r["vmapped"], r["sequential"]
         scaled = "*" if sq["timed_models"] < r["models"] else " "
         lines.append(
-            f"{r['batch_size']:>5} {r['models']:>4} {r['seeds']:>3}x{len(r['lrs']):<2} "
-            f"{vm['models_per_block'] or r['models']:>3} | "
-            f"{vm['samples_per_s']:>17,.0f} "
-            f"{vm['gflops']:>8.1f} {vm['frac_of_peak']:>5.0%} | {sq['samples_per_s']:>19,.0f}{scaled} "
+            f"{r['batch_size']:>5} {r['models']:>4} {r['seeds']:>3}x{len(r['lrs']):<2} {vm['models_per_block']:>3} | "
+            f"{vm['samples_per_s']:>17,.0f} {vm['gflops']:>8.1f} {vm['frac_of_peak']:>5.0%} "
+            f"{vm['frac_of_step_ceiling']:>5.0%} | {sq['samples_per_s']:>19,.0f}{scaled} "
             f"{sq['gflops']:>8.1f} {sq['frac_of_peak']:>5.0%} | {r['vmapped_over_sequential']:>8.2f}"
         )
     if any(r["sequential"]["timed_models"] < r["models"] for r in train["results"]):
         lines.append("* sequential figure from a timed subset of the models, scaled (see sequential_method)")
+    lines.append("blk: models stepped together; peak: of the GEMM ceiling; step: of the bare step (matmuls + SGD) at")
+    lines.append("that batch size: " + ", ".join(
+        f"batch {b}, {c['models']} models: {c['gflops']:.1f} GFLOP/s ({c['frac_of_peak']:.0%} of peak)"
+        for b, c in train["step_ceiling"].items()))  # fmt: skip
     lines += ["", _keras_line(report["keras"])]
     if report["curvature"] is not None:
         lines += ["", *_curvature_lines(report["curvature"])]

@@ -107,19 +107,9 @@ def zero_sums(states) -> StepMetrics:
     return jax.tree.map(lambda z: jnp.broadcast_to(z, shape), StepMetrics.zeros())
 
 
-def block_shape(num_seeds: int, num_variants: int, models_per_block: int) -> tuple[int, int]:
-    """(seeds, variants) per block of models trained together; ``models_per_block <= 0``: one block.
-
-    A block is whole seeds or a run of one seed's variants, so that blocks are contiguous in the
-    flat model order and divide the grid evenly (no padded models).
-    """
-    if models_per_block <= 0 or num_seeds * num_variants <= models_per_block:
-        return num_seeds, num_variants
-    if num_variants <= models_per_block:
-        return max(
-            k for k in range(1, num_seeds + 1) if num_seeds % k == 0 and k * num_variants <= models_per_block
-        ), num_variants
-    return 1, max(d for d in range(1, models_per_block + 1) if num_variants % d == 0)
+def models_per_block(num_models: int, requested: int) -> int:
+    """How many models ``train_steps`` steps together: ``requested`` (0: all), at most all of them."""
+    return num_models if requested <= 0 else min(requested, num_models)
 
 
 def train_steps(program: Program, states, sums: StepMetrics, hypers: Hypers, data: DeviceData, orders, weights, epoch):
@@ -134,49 +124,48 @@ def train_steps(program: Program, states, sums: StepMetrics, hypers: Hypers, dat
     ``program.models_per_block`` the models are trained block after block (``lax.map``), each
     block's whole stretch at once, so that a block's parameters and optimiser state stay in the
     CPU's cache across steps; a grid too large for the cache otherwise streams all of its state
-    from memory at every step (measured 2x slower at 64 models).
+    from memory at every step (measured 2x slower at 64 models). The last block is filled up
+    with copies of the first models, whose results are dropped.
     """
     num_seeds, num_variants = states.step.shape
     num_models = num_seeds * num_variants
-    seeds_per_block, variants_per_block = block_shape(num_seeds, num_variants, program.models_per_block)
-    block = seeds_per_block * variants_per_block
-    num_blocks = num_models // block
+    block = models_per_block(num_models, program.models_per_block)
 
-    def to_blocks(tree, model_axes: int):  # (S, V, ...) or (S * V, ...) -> (blocks, block, ...)
-        return jax.tree.map(lambda a: a.reshape(num_blocks, block, *a.shape[model_axes:]), tree)
+    def flat(tree):
+        return jax.tree.map(lambda a: a.reshape(num_models, *a.shape[2:]), tree)
 
-    # Every model's own copy of its variant's hypers: (S * V, ...), the flat model order s * V + v.
-    model_hypers = jax.tree.map(lambda a: jnp.broadcast_to(a, (num_seeds, *a.shape)), hypers)
-    if variants_per_block == num_variants:
-        block_orders = orders.reshape(orders.shape[0], num_blocks, seeds_per_block, -1)
-    else:  # a block is part of one seed's variants: each seed's order serves V / block blocks
-        block_orders = jnp.repeat(orders, num_variants // variants_per_block, axis=1)[:, :, None, :]
-    block_orders = block_orders.swapaxes(0, 1)  # (blocks, steps, seeds per block, B)
+    model_hypers = jax.tree.map(lambda a: jnp.broadcast_to(a, (num_seeds, *a.shape)), hypers)  # model s * V + v
+    if block == num_models:
 
-    def train_block(args):
-        block_states, block_sums, block_hypers, stretch_orders = args
-        return _scan_steps(
-            program, block_states, block_sums, block_hypers, data, stretch_orders, weights, epoch, variants_per_block
+        def seed_to_models(order):  # (S, B) -> (S * V, B): a seed's variants share its minibatch
+            return jnp.broadcast_to(order[:, None], (num_seeds, num_variants, order.shape[-1])).reshape(num_models, -1)
+
+        out = _scan_steps(
+            program, flat(states), flat(sums), flat(model_hypers), data, orders, weights, epoch, seed_to_models
         )
-
-    args = (to_blocks(states, 2), to_blocks(sums, 2), to_blocks(model_hypers, 2), block_orders)
-    if num_blocks == 1:
-        out = jax.tree.map(lambda a: a[None], train_block(jax.tree.map(lambda a: a[0], args)))
     else:
-        out = jax.lax.map(train_block, args)
-    return jax.tree.map(lambda a: a.reshape(num_seeds, num_variants, *a.shape[2:]), out)
+        num_blocks = -(-num_models // block)
+        fill = num_blocks * block - num_models
+
+        def blocks(a, axis=0):  # (..., M, ...) -> (blocks, ..., block, ...) along the model axis
+            a = jnp.concatenate([a, jax.lax.slice_in_dim(a, 0, fill, axis=axis)], axis=axis)
+            return jnp.moveaxis(a.reshape(*a.shape[:axis], num_blocks, block, *a.shape[axis + 1 :]), axis, 0)
+
+        model_orders = blocks(jnp.repeat(orders, num_variants, axis=1), axis=1)  # (blocks, steps, block, B)
+        args = (*jax.tree.map(blocks, (flat(states), flat(sums), flat(model_hypers))), model_orders)
+        out = jax.lax.map(lambda a: _scan_steps(program, *a[:3], data, a[3], weights, epoch, lambda order: order), args)
+        out = jax.tree.map(lambda a: a.reshape(num_blocks * block, *a.shape[2:])[:num_models], out)
+    return jax.tree.map(lambda a: a.reshape(num_seeds, num_variants, *a.shape[1:]), out)
 
 
-def _scan_steps(program: Program, states, sums, hypers, data: DeviceData, orders, weights, epoch, num_variants: int):
-    """One block's stretch: ``states`` (models, ...) with models = seeds x ``num_variants``, in order."""
+def _scan_steps(program: Program, states, sums, hypers, data: DeviceData, orders, weights, epoch, to_models):
+    """A stretch of steps for a flat axis of models; ``to_models`` maps a step's order to (models, B)."""
     step = jax.vmap(lambda s, h, b: train.train_step(program.model, program.loss_fn, program.direction, s, h, b, epoch))
 
     def body(carry, xs):
         states, sums = carry
-        order, weight = xs  # (seeds, B): each seed's minibatch, shared by its variants; (B,)
-        order = jnp.broadcast_to(order[:, None], (order.shape[0], num_variants, order.shape[1])).reshape(
-            -1, order.shape[1]
-        )
+        order, weight = xs
+        order = to_models(order)
         batch = Batch(
             x=data.train_x[order].astype(jnp.float32),
             y=data.train_y[order],

@@ -22,7 +22,12 @@ def test_quick_bench_writes_sane_figures(tmp_path, capsys):
     train = report["training"]
     assert train["num_params"] == 784 * 128 + 128 + 128 * 10 + 10
     assert {(r["models"], r["batch_size"]) for r in train["results"]} == {(1, 32), (8, 32)}
+    ceiling = train["step_ceiling"]["32"]
+    assert ceiling["gflops"] > 0 and ceiling["frac_of_peak"] == pytest.approx(ceiling["gflops"] / peak)
+    assert ceiling["models"] == train["results"][-1]["vmapped"]["models_per_block"]
     for row in train["results"]:
+        assert 1 <= row["vmapped"]["models_per_block"] <= row["models"]
+        assert row["vmapped"]["frac_of_step_ceiling"] == pytest.approx(row["vmapped"]["gflops"] / ceiling["gflops"])
         assert row["seeds"] * len(row["lrs"]) == row["models"] and row["finite"]
         for side in ("vmapped", "sequential"):
             figures = row[side]
@@ -47,6 +52,7 @@ def test_quick_bench_writes_sane_figures(tmp_path, capsys):
         (["--models", "0"], 2, "--models"),
         (["--batch-sizes", "32,x"], 2, "--batch-sizes"),
         (["--curvature-loss", "mse"], 2, "--curvature-loss"),
+        (["--models-per-block", "-1"], 2, "--models-per-block"),
         (["--data-dir", "{empty}"], 1, "--data-dir {empty}: lacks"),
     ],
 )

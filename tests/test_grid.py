@@ -127,19 +127,6 @@ def test_chunks_cover_every_model_once_within_the_limit(seeds, variants, limit):
     assert sorted(seen) == [(i, j) for i in range(seeds) for j in range(variants)]
 
 
-@pytest.mark.parametrize(
-    "seeds,variants,limit,expected",
-    [(3, 7, 0, (3, 7)), (2, 3, 100, (2, 3)), (4, 2, 4, (2, 2)), (4, 3, 7, (2, 3)), (5, 3, 7, (1, 3)),
-     (1, 8, 2, (1, 2)), (2, 12, 8, (1, 6)), (3, 7, 2, (1, 1))],
-)  # fmt: skip
-def test_blocks_are_whole_seeds_or_runs_of_one_seeds_variants(seeds, variants, limit, expected):
-    seeds_per_block, variants_per_block = grid_lib.block_shape(seeds, variants, limit)
-    assert (seeds_per_block, variants_per_block) == expected
-    assert seeds % seeds_per_block == 0 and variants % variants_per_block == 0
-    assert limit <= 0 or seeds_per_block * variants_per_block <= limit
-    assert seeds_per_block == 1 or variants_per_block == variants
-
-
 def _count_scans(program, state, hypers, data, order_keys) -> int:
     jaxpr = jax.make_jaxpr(lambda s: grid_lib.train_epoch(program, s, hypers, data, order_keys, jnp.int32(0)))(state)
     return str(jaxpr).count("scan[")
@@ -149,7 +136,8 @@ def test_training_block_by_block_equals_all_models_at_once(tiny_dataset):
     config = small_config(inputs=("/1", "/255", "zscore"), seeds=4, lrs=(1e-3, 3e-3))  # (S, V) = (4, 6)
     init_keys, order_keys = grid_lib.seed_keys(tuple(range(4)))
     results, scans = {}, {}
-    for models_per_block in (0, 12, 4, 1):  # one block; pairs of seeds; half a seed's variants; single models
+    # One block; blocks of two seeds; blocks across seed boundaries, the last one filled up; single models.
+    for models_per_block in (0, 12, 5, 1):
         plan = plan_grid(config, tiny_dataset, models_per_block=models_per_block)
         hypers, data = jax.device_put(plan.hypers), jax.device_put(plan.data)
         state = grid_lib.init_grid(plan.program, init_keys, 6, plan.data.train_x.shape[1])
@@ -161,12 +149,17 @@ def test_training_block_by_block_equals_all_models_at_once(tiny_dataset):
             history.append(metrics)
         results[models_per_block] = (state, history)
     # The blocked programs really do loop over blocks (lax.map is one more scan) ...
-    assert scans[12] == scans[4] == scans[1] == scans[0] + 1
+    assert scans[12] == scans[5] == scans[1] == scans[0] + 1
     # ... and every model ends where it ends when all train at once, to float32 rounding.
     whole_state, whole_history = results[0]
-    for models_per_block in (12, 4, 1):
+    for models_per_block in (12, 5, 1):
         state, history = results[models_per_block]
         assert_trees_close(state.params, whole_state.params, rtol=GRID_RTOL, atol=GRID_ATOL)
         assert_trees_close(state.opt_state, whole_state.opt_state, rtol=GRID_RTOL, atol=GRID_ATOL)
         assert np.array_equal(np.asarray(state.step), np.asarray(whole_state.step))
         assert_trees_close(history, whole_history, rtol=GRID_RTOL, atol=GRID_ATOL)
+
+
+@pytest.mark.parametrize("num_models,requested,expected", [(21, 0, 21), (21, 2, 2), (1, 2, 1), (8, 8, 8), (8, 100, 8)])
+def test_models_per_block_is_the_request_capped_at_the_grid(num_models, requested, expected):
+    assert grid_lib.models_per_block(num_models, requested) == expected
