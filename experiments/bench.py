@@ -16,7 +16,9 @@ one at a time. Conventions:
 * ``vmapped_over_sequential`` is a throughput ratio: sequential seconds / vmapped seconds for the
   same models and work (> 1: the vmapped program is faster).
 * Each program is compiled ahead of time (``jit(...).lower(...).compile()``, reported as
-  ``compile_s``) and run once untimed; its runs are then timed with ``jax.block_until_ready``,
+  ``compile_s``) and run once untimed. All training programs of a batch size (the single-model
+  one for the sequential figures and every grid) are then timed *interleaved*, round-robin, with
+  ``jax.block_until_ready``, so that load from elsewhere falls on every figure alike,
   best of ``--repeats`` (more for short epochs: at least MIN_TIMED_S of timed runs).
 * ``step_ceiling_gflops`` (per batch size) is the rate of the bare step at the MLP's shapes: the
   forward and backward matmuls, the ReLU and a plain SGD update, for as many models as the grid
@@ -253,23 +255,31 @@ class GridTiming:
     finite: bool  # every model's training loss stayed finite
 
 
-def time_grid_epoch(
-    config,
-    dataset,
-    calls: Sequence[tuple[Sequence[int], Sequence[float]]],
-    repeats: int,
-    models_per_block: int | None = None,
-) -> GridTiming:
-    """Compiles ``grid.train_epoch`` once for ``config``'s (S, V) grid and times one epoch per call.
+@dataclasses.dataclass
+class PreparedGrid:
+    """One compiled grid epoch and the states of each of its calls, ready to be timed."""
+
+    compiled: object
+    data: object
+    calls: list  # per call: [state, hypers, order keys]
+    compile_s: float
+    models_per_block: int
+    num_params: int
+    steps_per_epoch: int
+
+
+def prepare_grid(
+    config, dataset, calls: Sequence[tuple[Sequence[int], Sequence[float]]], models_per_block: int | None = None
+) -> PreparedGrid:
+    """Compiles ``grid.train_epoch`` once for ``config``'s (S, V) grid and sets up each call.
 
     Each call is ``(seeds, lrs)`` with ``len(seeds) == config.grid.seeds`` and ``len(lrs) ==
     len(config.grid.lrs)``: the models of one invocation of the same compiled program (its own
-    initial weights, minibatch order and learning rates). Every call is blocked on before the
-    next starts. This is the only function that touches the grid engine's interface.
+    initial weights, minibatch order and learning rates). With ``time_grids`` this is the only
+    code that touches the grid engine's interface.
     """
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     from scalelab import grid
     from scalelab.runner import plan_grid
@@ -278,44 +288,61 @@ def time_grid_epoch(
     data = jax.device_put(plan.data)
     input_dim = plan.data.train_x.shape[1]
     init = jax.jit(grid.init_grid, static_argnums=(0, 2, 3))
-    states, hypers, order_keys = [], [], []
+    prepared = []
     for seeds, lrs in calls:
         axes = dataclasses.replace(config.grid, seeds=len(seeds), lrs=tuple(lrs))
         init_keys, keys = grid.seed_keys(tuple(seeds))
-        states.append(init(plan.program, init_keys, len(lrs), input_dim))
-        hypers.append(jax.device_put(plan_grid(dataclasses.replace(config, grid=axes), dataset).hypers))
-        order_keys.append(keys)
+        hypers = jax.device_put(plan_grid(dataclasses.replace(config, grid=axes), dataset).hypers)
+        prepared.append([init(plan.program, init_keys, len(lrs), input_dim), hypers, keys])
     epoch_fn = jax.jit(grid.train_epoch, static_argnums=0, donate_argnums=1)
     start = time.perf_counter()
-    compiled = epoch_fn.lower(plan.program, states[0], hypers[0], data, order_keys[0], jnp.int32(0)).compile()
+    compiled = epoch_fn.lower(plan.program, *prepared[0][:2], data, prepared[0][2], jnp.int32(0)).compile()
     compile_s = time.perf_counter() - start
-    # One untimed run: the first execution of a program pays ~40 ms of one-off set-up on CPU.
-    states[0], _ = jax.block_until_ready(compiled(states[0], hypers[0], data, order_keys[0], jnp.int32(0)))
-    best, timed, runs, finite = [math.inf] * len(calls), [0.0] * len(calls), [0] * len(calls), True
-    repeat = 0
-    while any(n < repeats or (t < MIN_TIMED_S and n < MAX_REPEATS) for n, t in zip(runs, timed, strict=True)):
-        epoch = jnp.int32(repeat)
-        for i in range(len(calls)):  # round-robin, so a burst of load hits every call alike
-            if runs[i] >= repeats and (timed[i] >= MIN_TIMED_S or runs[i] >= MAX_REPEATS):
+    num_models = len(calls[0][0]) * len(calls[0][1])
+    num_params = sum(int(x.size) for x in jax.tree.leaves(prepared[0][0].params)) // num_models
+    block = grid.models_per_block(num_models, plan.program.models_per_block)
+    steps = plan.program.num_steps(len(plan.data.train_x))
+    return PreparedGrid(compiled, data, prepared, compile_s, block, num_params, steps)
+
+
+def time_grids(grids: Sequence[PreparedGrid], repeats: int) -> list[GridTiming]:
+    """Times one epoch of every call of every grid, round-robin over all of them.
+
+    Interleaving means a burst of load from elsewhere hits every figure alike, and the ratios
+    between figures come from the same stretch of time. A call's figure is its best epoch of at
+    least ``repeats`` and of enough epochs to cover ``MIN_TIMED_S``.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    jobs = [(g, call) for g in grids for call in g.calls]
+    for g, call in jobs:  # one untimed run: a program's first execution pays one-off set-up
+        call[0], _ = jax.block_until_ready(g.compiled(call[0], call[1], g.data, call[2], jnp.int32(0)))
+    best, timed, runs, finite = [math.inf] * len(jobs), [0.0] * len(jobs), [0] * len(jobs), [True] * len(jobs)
+
+    def wants_more(i):
+        return runs[i] < repeats or (timed[i] < MIN_TIMED_S and runs[i] < MAX_REPEATS)
+
+    repeat = 1
+    while any(wants_more(i) for i in range(len(jobs))):
+        for i, (g, call) in enumerate(jobs):
+            if not wants_more(i):
                 continue
             start = time.perf_counter()
-            states[i], metrics = compiled(states[i], hypers[i], data, order_keys[i], epoch)
-            jax.block_until_ready((states[i], metrics))
+            call[0], metrics = g.compiled(call[0], call[1], g.data, call[2], jnp.int32(repeat))
+            jax.block_until_ready((call[0], metrics))
             seconds = time.perf_counter() - start
             best[i], timed[i], runs[i] = min(best[i], seconds), timed[i] + seconds, runs[i] + 1
-            finite &= bool(np.isfinite(np.asarray(metrics.train_loss)).all())
+            finite[i] &= bool(np.isfinite(np.asarray(metrics.train_loss)).all())
         repeat += 1
-    num_models = len(calls[0][0]) * len(calls[0][1])
-    num_params = sum(int(x.size) for x in jax.tree.leaves(states[0].params)) // num_models
-    block = grid.models_per_block(len(calls[0][0]) * len(calls[0][1]), plan.program.models_per_block)
-    return GridTiming(
-        compile_s,
-        block,
-        tuple(best),
-        num_params,
-        plan.program.num_steps(len(plan.data.train_x)),
-        finite,
-    )
+    timings, i = [], 0
+    for g in grids:
+        n = len(g.calls)
+        timings.append(GridTiming(g.compile_s, g.models_per_block, tuple(best[i : i + n]), g.num_params,
+                                  g.steps_per_epoch, all(finite[i : i + n])))  # fmt: skip
+        i += n
+    return timings
 
 
 def grid_layout(num_models: int) -> tuple[int, tuple[float, ...]]:
@@ -359,8 +386,24 @@ def training_bench(settings: dict, dataset, peak: float) -> dict:
     results, ceilings = [], {}
     input_dim = math.prod(dataset.train_images.shape[1:])
     for batch_size in settings["batch_sizes"]:
-        sequential = sequential_epochs(settings, dataset, batch_size)
-        rows = [training_row(settings, dataset, batch_size, m, sequential, peak) for m in settings["models"]]
+        limit = settings["sequential_max"]
+        needed = list(dict.fromkeys(model for m in settings["models"] for model in grid_models(m)[:limit]))
+        _say(f"training: batch {batch_size}: compiling one single-model epoch ({len(needed)} models one after "
+             f"another) and the {', '.join(map(str, settings['models']))}-model grids")  # fmt: skip
+        single = prepare_grid(run_config(settings, batch_size, 1, (BASE_LR,)), dataset,
+                              [((s,), (lr,)) for s, lr in needed])  # fmt: skip
+        grids = [
+            prepare_grid(run_config(settings, batch_size, *grid_layout(m)), dataset,
+                         [(range(grid_layout(m)[0]), grid_layout(m)[1])], settings["models_per_block"])
+            for m in settings["models"]
+        ]  # fmt: skip
+        _say(f"training: batch {batch_size}: timing all of them, interleaved")
+        sequential, *vmapped = time_grids([single, *grids], settings["repeats"])
+        per_model_s = dict(zip(needed, sequential.call_s, strict=True))
+        rows = [
+            training_row(settings, dataset, batch_size, m, vm, sequential, per_model_s, peak)
+            for m, vm in zip(settings["models"], vmapped, strict=True)
+        ]
         block = rows[-1]["vmapped"]["models_per_block"]
         _say(f"step ceiling: batch {batch_size}, {block} models, matmuls + SGD only")
         ceiling = step_ceiling(batch_size, block, (input_dim, 128, dataset.num_classes), settings["repeats"])
@@ -377,8 +420,8 @@ def training_bench(settings: dict, dataset, peak: float) -> dict:
         "test_examples_evaluated": settings["test_limit"],
         "evaluation_included": True,
         "timing": "one epoch = scan over minibatches + test evaluation, compiled ahead of time, one untimed "
-        f"warm-up run, then best of {settings['repeats']} or more (>= {MIN_TIMED_S} s timed); evaluation FLOPs "
-        "not counted",
+        "warm-up run; all programs of a batch size timed interleaved (round-robin), each figure the best of "
+        f"{settings['repeats']} or more epochs (>= {MIN_TIMED_S} s timed); evaluation FLOPs not counted",
         "step_ceiling": ceilings,
         "results": results,
     }
@@ -418,19 +461,20 @@ def step_ceiling(batch_size: int, num_models: int, widths: tuple[int, int, int],
     return FLOPS_PER_SAMPLE_PER_PARAM * params * num_models * batch_size * STEP_CEILING_STEPS / seconds / 1e9
 
 
-def training_row(settings: dict, dataset, batch_size: int, m: int, sequential: dict, peak: float) -> dict:
+def training_row(
+    settings: dict,
+    dataset,
+    batch_size: int,
+    m: int,
+    vm: GridTiming,
+    sequential: GridTiming,
+    per_model_s: dict,
+    peak: float,
+) -> dict:
     """One (M, batch) figure: the M-model grid vmapped, against its models' sequential epochs."""
     seeds, lrs = grid_layout(m)
-    _say(f"training: batch {batch_size}, {m} models vmapped ({seeds} seeds x {len(lrs)} lrs)")
-    vm = time_grid_epoch(
-        run_config(settings, batch_size, seeds, lrs),
-        dataset,
-        [(range(seeds), lrs)],
-        settings["repeats"],
-        settings["models_per_block"],
-    )
     timed = grid_models(m)[: settings["sequential_max"]]
-    per_model = [sequential["per_model_s"][model] for model in timed]
+    per_model = [per_model_s[model] for model in timed]
     seq_s = sum(per_model) * m / len(timed)
     if len(timed) == m:
         method = f"each of the {m} models' epochs timed one after another"
@@ -440,24 +484,13 @@ def training_row(settings: dict, dataset, batch_size: int, m: int, sequential: d
     rate = functools.partial(throughput, m, num_train, num_params=vm.num_params, peak=peak)
     return {
         "models": m, "batch_size": batch_size, "seeds": seeds, "lrs": list(lrs), "num_params": vm.num_params,
-        "steps_per_epoch": vm.steps_per_epoch, "finite": vm.finite and sequential["finite"],
+        "steps_per_epoch": vm.steps_per_epoch, "finite": vm.finite and sequential.finite,
         "vmapped": {"compile_s": vm.compile_s, "models_per_block": vm.models_per_block, **rate(vm.call_s[0])},
-        "sequential": {"compile_s": sequential["compile_s"], **rate(seq_s), "timed_models": len(timed),
+        "sequential": {"compile_s": sequential.compile_s, **rate(seq_s), "timed_models": len(timed),
                        "sequential_method": method, "per_model_epoch_s": {
                            "min": min(per_model), "median": statistics.median(per_model), "max": max(per_model)}},
         "vmapped_over_sequential": seq_s / vm.call_s[0],
     }  # fmt: skip
-
-
-def sequential_epochs(settings: dict, dataset, batch_size: int) -> dict:
-    """One epoch of each model needed by any M (at most ``sequential_max`` per M), one at a time."""
-    limit = settings["sequential_max"]
-    needed = list(dict.fromkeys(model for m in settings["models"] for model in grid_models(m)[:limit]))
-    _say(f"training: batch {batch_size}, {len(needed)} single models one after another")
-    config = run_config(settings, batch_size, 1, (BASE_LR,))
-    timing = time_grid_epoch(config, dataset, [((s,), (lr,)) for s, lr in needed], settings["repeats"])
-    return {"compile_s": timing.compile_s, "per_model_s": dict(zip(needed, timing.call_s, strict=True)),
-            "finite": timing.finite}  # fmt: skip
 
 
 # --- 3. Keras, for reference ----------------------------------------------------------------

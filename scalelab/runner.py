@@ -408,10 +408,10 @@ def _restore(run_dir: RunDir, config: RunConfig, chunks):
     return chunk, epoch, leaves, rows, curvature_rows
 
 
-# Parameters, gradients and two optimiser moments of the models trained together should stay in
-# the CPU's last-level cache from one step to the next. On the 2-core EPYC this was tuned on (32 MiB
-# L3 shared with everything else) blocks of ~4 MiB of such state were fastest (experiments.bench
-# --models-per-block); larger blocks fall out of cache, smaller ones leave the GEMMs too small.
+# What the models stepped together touch at every step (parameters, gradients, two optimiser
+# moments, the minibatch and its activations) should stay in the CPU's last-level cache from one
+# step to the next. On the 2-core EPYC this was tuned on (32 MiB L3, shared) blocks of ~4 MiB were
+# fastest (experiments.bench --models-per-block): 2 default MLPs at batch 32, 1 at batch 256.
 CPU_BLOCK_BYTES = 4 * 2**20
 
 
@@ -423,8 +423,10 @@ def auto_models_per_block(program: grid_lib.Program, input_dim: int) -> int:
     """
     if jax.device_count() > 1 or jax.devices()[0].platform != "cpu":
         return 0
-    num_params = _num_params(program, input_dim)
-    return max(1, CPU_BLOCK_BYTES // (4 * num_params * 4))
+    state = 4 * _num_params(program, input_dim) * 4  # float32 params, grads, two moments
+    widths = (*program.model.hidden, program.model.num_classes)
+    activations = program.batch_size * (2 * input_dim + 3 * sum(widths)) * 4  # raw + transformed batch, z, a, dz
+    return max(1, CPU_BLOCK_BYTES // (state + activations))
 
 
 def _num_params(program: grid_lib.Program, input_dim: int) -> int:

@@ -163,3 +163,18 @@ def test_training_block_by_block_equals_all_models_at_once(tiny_dataset):
 @pytest.mark.parametrize("num_models,requested,expected", [(21, 0, 21), (21, 2, 2), (1, 2, 1), (8, 8, 8), (8, 100, 8)])
 def test_models_per_block_is_the_request_capped_at_the_grid(num_models, requested, expected):
     assert grid_lib.models_per_block(num_models, requested) == expected
+
+
+def test_a_lone_cpu_blocks_models_to_its_cache_budget_and_an_explicit_block_wins(tiny_dataset):
+    from scalelab.runner import CPU_BLOCK_BYTES
+
+    if jax.device_count() > 1 or jax.devices()[0].platform != "cpu":
+        pytest.skip("automatic blocks are for a lone CPU device")
+    small, large = (
+        plan_grid(RunConfig(**{**small_config().__dict__, "train": TrainConfig(epochs=1, batch_size=b)}), tiny_dataset)
+        for b in (8, 64)
+    )
+    num_params = 64 * 16 + 16 + 16 * 10 + 10  # 8x8 synthetic images, hidden 16, 10 classes
+    assert 1 <= large.program.models_per_block <= small.program.models_per_block
+    assert small.program.models_per_block * 16 * num_params <= CPU_BLOCK_BYTES
+    assert plan_grid(small_config(), tiny_dataset, models_per_block=0).program.models_per_block == 0
