@@ -393,9 +393,9 @@ def training_bench(settings: dict, dataset, peak: float) -> dict:
         single = prepare_grid(run_config(settings, batch_size, 1, (BASE_LR,)), dataset,
                               [((s,), (lr,)) for s, lr in needed])  # fmt: skip
         grids = [
-            prepare_grid(run_config(settings, batch_size, *grid_layout(m)), dataset,
-                         [(range(grid_layout(m)[0]), grid_layout(m)[1])], settings["models_per_block"])
-            for m in settings["models"]
+            prepare_grid(run_config(settings, batch_size, seeds, lrs), dataset, [(range(seeds), lrs)],
+                         settings["models_per_block"])
+            for seeds, lrs in map(grid_layout, settings["models"])
         ]  # fmt: skip
         _say(f"training: batch {batch_size}: timing all of them, interleaved")
         sequential, *vmapped = time_grids([single, *grids], settings["repeats"])
@@ -406,7 +406,8 @@ def training_bench(settings: dict, dataset, peak: float) -> dict:
         ]
         block = rows[-1]["vmapped"]["models_per_block"]
         _say(f"step ceiling: batch {batch_size}, {block} models, matmuls + SGD only")
-        ceiling = step_ceiling(batch_size, block, (input_dim, 128, dataset.num_classes), settings["repeats"])
+        (hidden,) = run_config(settings, batch_size, 1, (BASE_LR,)).model.hidden  # the benched MLP's one layer
+        ceiling = step_ceiling(batch_size, block, (input_dim, hidden, dataset.num_classes), settings["repeats"])
         ceilings[str(batch_size)] = {"models": block, "gflops": ceiling, "frac_of_peak": ceiling / peak}
         for row in rows:
             for kind in ("vmapped", "sequential"):

@@ -96,7 +96,7 @@ def subrun_argv(args, defaults: dict[str, Any], quick: dict[str, Any]) -> list[s
         if getattr(args, key) is not None:
             argv += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     switches = [f"--{key.replace('_', '-')}" for key in PASSED_SWITCHES if getattr(args, key)]
-    # The reports are written by write_reports once every sub-run has finished.
+    # The reports are written by finish_study once every sub-run has finished.
     return [*argv, *switches, "--no-report"]
 
 
@@ -117,12 +117,15 @@ def run_subgrid(out: Path, argv: list[str]) -> dict[str, Any]:
     return read_json(out / "summary.json")
 
 
-def write_reports(args, run_dirs) -> None:
-    """scale_grid's report (figures, report.md/html) for each finished sub-run, unless --no-report."""
-    if args.no_report:
-        return
-    for run_dir in run_dirs:
-        scale_grid.write_report(run_dir)
+def finish_study(args, out: Path, summary: dict[str, Any], table: str, subruns) -> None:
+    """Writes ``out/summary.json``, prints the table and the output folder, then scale_grid's report
+    (figures, report.md/html) for each finished sub-run ``out/NAME``, unless --no-report."""
+    write_json(out / "summary.json", summary)
+    print(table)
+    print(f"\noutput: {out} (summary.json; sub-runs {', '.join(subruns)})")
+    if not args.no_report:
+        for name in subruns:
+            scale_grid.write_report(out / name)
 
 
 def stat(values) -> dict[str, float] | None:
@@ -183,11 +186,9 @@ def run(argv) -> int:
         epochs = ["--epochs", str(setting.quick_epochs if args.quick else setting.epochs)]
         summaries[name] = run_subgrid(out / name, [*COMMON, *setting.flags, *epochs, *shared])
     rows = compare(summaries)
-    write_json(out / "summary.json", {"experiment": PROG, "settings": {k: asdict(v) for k, v in SETTINGS.items()},
-                                      "common": COMMON, "shared": shared, "by_setting_and_inputs": rows})  # fmt: skip
-    print(format_table(rows))
-    print(f"\noutput: {out} (summary.json; sub-runs {', '.join(SETTINGS)})")
-    write_reports(args, [out / name for name in SETTINGS])
+    summary = {"experiment": PROG, "settings": {k: asdict(v) for k, v in SETTINGS.items()}, "common": COMMON,
+               "shared": shared, "by_setting_and_inputs": rows}  # fmt: skip
+    finish_study(args, out, summary, format_table(rows), SETTINGS)
     return 0
 
 

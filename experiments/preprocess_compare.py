@@ -25,14 +25,13 @@ from typing import Any
 from experiments.keras_faq import (
     add_subrun_flags,
     cell,
+    finish_study,
     output_folder,
     run_subgrid,
     stat,
     subrun_argv,
-    write_reports,
 )
 from scalelab import cli
-from scalelab.results import write_json
 
 PROG = "preprocess_compare"
 BASELINE = "/255"
@@ -113,11 +112,9 @@ def run(argv) -> int:
     for optimizer in OPTIMIZERS:
         summaries[optimizer] = run_subgrid(out / optimizer, ["--optimizer", optimizer, *shared])
     rows = compare(summaries)
-    write_json(out / "summary.json", {"experiment": PROG, "baseline": BASELINE, "transforms": list(TRANSFORMS),
-                                      "optimizers": list(OPTIMIZERS), "shared": shared, "rows": rows})  # fmt: skip
-    print(format_table(rows))
-    print(f"\noutput: {out} (summary.json; sub-runs {', '.join(OPTIMIZERS)})")
-    write_reports(args, [out / optimizer for optimizer in OPTIMIZERS])
+    summary = {"experiment": PROG, "baseline": BASELINE, "transforms": list(TRANSFORMS),
+               "optimizers": list(OPTIMIZERS), "shared": shared, "rows": rows}  # fmt: skip
+    finish_study(args, out, summary, format_table(rows), OPTIMIZERS)
     return 0
 
 
