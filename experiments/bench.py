@@ -103,8 +103,8 @@ def build_parser() -> cli.Parser:
     p.add_argument(
         "--host-devices",
         type=cli.positive_int,
-        help="set XLA_FLAGS=--xla_force_host_platform_device_count=N before JAX starts; the devices are "
-        "recorded (the grid may not shard over them)",
+        help="CPU devices for JAX (XLA_FLAGS=--xla_force_host_platform_device_count=N); default one per "
+        "usable core, as scale_grid; each grid is spread over as many as scale_grid would use",
     )
     cli.add_data_flags(p)
     p.add_argument("--out", type=Path, help="JSON file to write (default runs/bench-TIMESTAMP.json)")
@@ -161,15 +161,20 @@ def _say(message: str) -> None:
 
 
 def _request_host_devices(count: int | None) -> bool:
-    """Sets XLA_FLAGS for ``count`` host devices; returns whether JAX was already imported.
+    """Sets XLA_FLAGS for ``count`` host devices (None: one per core, as scale_grid); returns
+    whether JAX was already imported.
 
-    If it was (e.g. in a test process), the flag only takes effect if JAX's backend has not
+    If it was (e.g. in a test process), the count only takes effect if JAX's backend has not
     started yet; ``environment`` records the device count JAX actually reports.
     """
     preloaded = "jax" in sys.modules
     if count is not None:
         flags = os.environ.get("XLA_FLAGS", "")
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+    else:
+        from scalelab.sharding import use_host_cores
+
+        use_host_cores()
     return preloaded
 
 
@@ -231,15 +236,31 @@ def best_time(fn, repeats: int) -> float:
 
 def gemm_peak(size: int, repeats: int) -> dict:
     """float32 ``(n, n) @ (n, n)``, best of ``repeats`` after a warm-up, at JAX's default matmul
-    precision: the one training uses (full float32 on CPU; TF32 on recent NVIDIA GPUs)."""
+    precision: the one training uses (full float32 on CPU; TF32 on recent NVIDIA GPUs).
+
+    With several CPU devices (which share the machine's cores) also one matmul per device at
+    once; the peak is the better of the two, so that a grid spread over the host devices is
+    measured against what they can do together.
+    """
     import jax
     import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec
 
     a, b = jax.random.normal(jax.random.PRNGKey(0), (2, size, size), jnp.float32)
-    matmul = jax.jit(jnp.matmul).lower(a, b).compile()
-    jax.block_until_ready(matmul(a, b))
-    seconds = best_time(lambda: jax.block_until_ready(matmul(a, b)), repeats)
-    return {"size": size, "repeats": repeats, "seconds": seconds, "gemm_peak_gflops": 2 * size**3 / seconds / 1e9}
+
+    def rate(a, b, matmuls):
+        matmul = jax.jit(jnp.matmul).lower(a, b).compile()
+        jax.block_until_ready(matmul(a, b))
+        return matmuls * 2 * size**3 / best_time(lambda: jax.block_until_ready(matmul(a, b)), repeats) / 1e9
+
+    one_device = rate(a, b, 1)
+    result = {"size": size, "repeats": repeats, "one_device_gflops": one_device, "all_devices_gflops": None}
+    devices = jax.devices()
+    if len(devices) > 1 and devices[0].platform == "cpu":
+        sharded = NamedSharding(jax.make_mesh((len(devices),), ("devices",), devices=devices), PartitionSpec("devices"))
+        a, b = (jax.device_put(jnp.broadcast_to(x, (len(devices), size, size)), sharded) for x in (a, b))
+        result["all_devices_gflops"] = rate(a, b, len(devices))
+    return {**result, "gemm_peak_gflops": max(one_device, result["all_devices_gflops"] or 0.0)}
 
 
 # --- 2. training throughput ---------------------------------------------------------------------
@@ -249,6 +270,7 @@ def gemm_peak(size: int, repeats: int) -> dict:
 class GridTiming:
     compile_s: float
     models_per_block: int  # models stepped together, as the grid planner chose
+    devices: int  # devices the grid is spread over, as scale_grid would
     call_s: tuple[float, ...]  # per call: the best single epoch of that call's models
     num_params: int  # per model
     steps_per_epoch: int
@@ -264,6 +286,7 @@ class PreparedGrid:
     calls: list  # per call: [state, hypers, order keys]
     compile_s: float
     models_per_block: int
+    devices: int
     num_params: int
     steps_per_epoch: int
 
@@ -276,33 +299,41 @@ def prepare_grid(
     Each call is ``(seeds, lrs)`` with ``len(seeds) == config.grid.seeds`` and ``len(lrs) ==
     len(config.grid.lrs)``: the models of one invocation of the same compiled program (its own
     initial weights, minibatch order and learning rates). With ``time_grids`` this is the only
-    code that touches the grid engine's interface.
+    code that touches the grid engine's interface. The grid is spread over the devices and
+    stepped in the blocks that ``scale_grid`` would use (``runner.run_grid``).
     """
     import jax
     import jax.numpy as jnp
+    import numpy as np
 
-    from scalelab import grid
-    from scalelab.runner import plan_grid
+    from scalelab import grid, sharding
+    from scalelab.runner import _num_params, plan_grid
 
     plan = plan_grid(config, dataset, models_per_block)
-    data = jax.device_put(plan.data)
+    num_seeds, num_variants = len(calls[0][0]), len(calls[0][1])
+    devices = sharding.grid_devices(num_seeds * num_variants)
+    layout = sharding.plan_layout(num_seeds, num_variants, len(devices))
+    mesh = sharding.make_mesh(layout, devices)
+    program = dataclasses.replace(plan.program, mesh=mesh)
     input_dim = plan.data.train_x.shape[1]
     init = jax.jit(grid.init_grid, static_argnums=(0, 2, 3))
     prepared = []
     for seeds, lrs in calls:
         axes = dataclasses.replace(config.grid, seeds=len(seeds), lrs=tuple(lrs))
         init_keys, keys = grid.seed_keys(tuple(seeds))
-        hypers = jax.device_put(plan_grid(dataclasses.replace(config, grid=axes), dataset).hypers)
-        prepared.append([init(plan.program, init_keys, len(lrs), input_dim), hypers, keys])
+        hypers = plan_grid(dataclasses.replace(config, grid=axes), dataset).hypers
+        states = sharding.to_host(init(program, init_keys, len(lrs), input_dim))
+        states, hypers, data, keys = sharding.shard_grid(layout, mesh, states, hypers, plan.data, np.asarray(keys))
+        prepared.append([states, hypers, keys])
     epoch_fn = jax.jit(grid.train_epoch, static_argnums=0, donate_argnums=1)
     start = time.perf_counter()
-    compiled = epoch_fn.lower(plan.program, *prepared[0][:2], data, prepared[0][2], jnp.int32(0)).compile()
+    compiled = epoch_fn.lower(program, *prepared[0][:2], data, prepared[0][2], jnp.int32(0)).compile()
     compile_s = time.perf_counter() - start
-    num_models = len(calls[0][0]) * len(calls[0][1])
-    num_params = sum(int(x.size) for x in jax.tree.leaves(prepared[0][0].params)) // num_models
-    block = grid.models_per_block(num_models, plan.program.models_per_block)
-    steps = plan.program.num_steps(len(plan.data.train_x))
-    return PreparedGrid(compiled, data, prepared, compile_s, block, num_params, steps)
+    per_device = layout.padded_seeds * layout.padded_variants // len(devices)
+    block = grid.models_per_block(per_device, program.models_per_block)
+    steps = program.num_steps(len(plan.data.train_x))
+    num_params = _num_params(program, input_dim)
+    return PreparedGrid(compiled, data, prepared, compile_s, block, len(devices), num_params, steps)
 
 
 def time_grids(grids: Sequence[PreparedGrid], repeats: int) -> list[GridTiming]:
@@ -339,7 +370,7 @@ def time_grids(grids: Sequence[PreparedGrid], repeats: int) -> list[GridTiming]:
     timings, i = [], 0
     for g in grids:
         n = len(g.calls)
-        timings.append(GridTiming(g.compile_s, g.models_per_block, tuple(best[i : i + n]), g.num_params,
+        timings.append(GridTiming(g.compile_s, g.models_per_block, g.devices, tuple(best[i : i + n]), g.num_params,
                                   g.steps_per_epoch, all(finite[i : i + n])))  # fmt: skip
         i += n
     return timings
@@ -404,11 +435,14 @@ def training_bench(settings: dict, dataset, peak: float) -> dict:
             training_row(settings, dataset, batch_size, m, vm, sequential, per_model_s, peak)
             for m, vm in zip(settings["models"], vmapped, strict=True)
         ]
-        block = rows[-1]["vmapped"]["models_per_block"]
-        _say(f"step ceiling: batch {batch_size}, {block} models, matmuls + SGD only")
+        block, devices = rows[-1]["vmapped"]["models_per_block"], rows[-1]["vmapped"]["devices"]
+        _say(f"step ceiling: batch {batch_size}, {block} models on each of {devices} device(s), matmuls + SGD only")
         (hidden,) = run_config(settings, batch_size, 1, (BASE_LR,)).model.hidden  # the benched MLP's one layer
-        ceiling = step_ceiling(batch_size, block, (input_dim, hidden, dataset.num_classes), settings["repeats"])
-        ceilings[str(batch_size)] = {"models": block, "gflops": ceiling, "frac_of_peak": ceiling / peak}
+        widths = (input_dim, hidden, dataset.num_classes)
+        ceiling = step_ceiling(batch_size, block, devices, widths, settings["repeats"])
+        ceilings[str(batch_size)] = {
+            "models": block, "devices": devices, "gflops": ceiling, "frac_of_peak": ceiling / peak
+        }  # fmt: skip
         for row in rows:
             for kind in ("vmapped", "sequential"):
                 row[kind]["frac_of_step_ceiling"] = row[kind]["gflops"] / ceiling
@@ -428,20 +462,25 @@ def training_bench(settings: dict, dataset, peak: float) -> dict:
     }
 
 
-def step_ceiling(batch_size: int, num_models: int, widths: tuple[int, int, int], repeats: int) -> float:
-    """GFLOP/s of the bare training step at these shapes: matmuls, ReLU and SGD, nothing else.
+def step_ceiling(batch_size: int, num_models: int, num_devices: int, widths: tuple[int, ...], repeats: int) -> float:
+    """GFLOP/s of the bare training step at these shapes: matmuls, ReLU and SGD, nothing else,
+    for ``num_models`` models on each of the first ``num_devices`` devices.
 
     No loss, optimiser state, gather, input transform or bookkeeping: an upper bound for what the
     real step (``train.train_step``) can reach with minibatches of ``batch_size``.
     """
     import jax
     import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec
 
     d, h, c = widths
+    mesh = jax.make_mesh((num_devices,), ("models",), devices=jax.devices()[:num_devices])
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
-    x = jax.random.normal(keys[0], (STEP_CEILING_STEPS, num_models, batch_size, d))
-    w1 = jax.random.normal(keys[1], (num_models, d, h)) * d**-0.5
-    w2 = jax.random.normal(keys[2], (num_models, h, c)) * h**-0.5
+    x = jax.random.normal(keys[0], (STEP_CEILING_STEPS, num_models * num_devices, batch_size, d))
+    w1 = jax.random.normal(keys[1], (num_models * num_devices, d, h)) * d**-0.5
+    w2 = jax.random.normal(keys[2], (num_models * num_devices, h, c)) * h**-0.5
+    x = jax.device_put(x, NamedSharding(mesh, PartitionSpec(None, "models")))  # each device its own models
+    w1, w2 = (jax.device_put(w, NamedSharding(mesh, PartitionSpec("models"))) for w in (w1, w2))
 
     def steps(w1, w2, x):
         def body(weights, xb):
@@ -459,7 +498,8 @@ def step_ceiling(batch_size: int, num_models: int, widths: tuple[int, int, int],
     jax.block_until_ready(run(w1, w2, x))
     seconds = best_time(lambda: jax.block_until_ready(run(w1, w2, x)), max(3, repeats))
     params = d * h + h + h * c + c  # biases included, as in num_params
-    return FLOPS_PER_SAMPLE_PER_PARAM * params * num_models * batch_size * STEP_CEILING_STEPS / seconds / 1e9
+    samples = num_models * num_devices * batch_size * STEP_CEILING_STEPS
+    return FLOPS_PER_SAMPLE_PER_PARAM * params * samples / seconds / 1e9
 
 
 def training_row(
@@ -486,7 +526,8 @@ def training_row(
     return {
         "models": m, "batch_size": batch_size, "seeds": seeds, "lrs": list(lrs), "num_params": vm.num_params,
         "steps_per_epoch": vm.steps_per_epoch, "finite": vm.finite and sequential.finite,
-        "vmapped": {"compile_s": vm.compile_s, "models_per_block": vm.models_per_block, **rate(vm.call_s[0])},
+        "vmapped": {"compile_s": vm.compile_s, "models_per_block": vm.models_per_block, "devices": vm.devices,
+                    **rate(vm.call_s[0])},
         "sequential": {"compile_s": sequential.compile_s, **rate(seq_s), "timed_models": len(timed),
                        "sequential_method": method, "per_model_epoch_s": {
                            "min": min(per_model), "median": statistics.median(per_model), "max": max(per_model)}},
@@ -645,34 +686,44 @@ def format_report(report: dict) -> str:
     lines = [
         f"{env['platform']} ({env['device_kind']}, {env['device_count']} device(s), {env['cpu_count']} CPUs), "
         f"jax {env['jax']}; load average {env['load_average_start'][0]:.1f} -> {env['load_average_end'][0]:.1f}",
-        f"GEMM float32 {report['gemm']['size']}^2: {report['gemm_peak_gflops']:.1f} GFLOP/s (the ceiling)",
+        f"GEMM float32 {report['gemm']['size']}^2: {report['gemm_peak_gflops']:.1f} GFLOP/s (the ceiling; "
+        f"{_gemm_detail(report['gemm'])})",
         "",
         f"training: {train['model']}; {train['train_examples']} train examples per epoch, plus evaluation of "
         f"{train['test_examples_evaluated']} test examples inside the timed epoch; "
         f"GFLOP/s at {train['flops_per_sample']}",
     ]
-    header = (f"{'batch':>5} {'M':>4} {'SxV':>6} {'blk':>3} | {'vmapped samples/s':>17} {'GFLOP/s':>8} {'peak':>5} "
-              f"{'step':>5} | {'sequential samples/s':>20} {'GFLOP/s':>8} {'peak':>5} | {'vmap/seq':>8}")  # fmt: skip
+    header = (f"{'batch':>5} {'M':>4} {'SxV':>6} {'dev':>3} {'blk':>3} | {'vmapped samples/s':>17} {'GFLOP/s':>8} "
+              f"{'peak':>5} {'step':>5} | {'sequential samples/s':>20} {'GFLOP/s':>8} {'peak':>5} | "
+              f"{'vmap/seq':>8}")  # fmt: skip
     lines += [header, "-" * len(header)]
     for r in train["results"]:
         vm, sq = r["vmapped"], r["sequential"]
         scaled = "*" if sq["timed_models"] < r["models"] else " "
         lines.append(
-            f"{r['batch_size']:>5} {r['models']:>4} {r['seeds']:>3}x{len(r['lrs']):<2} {vm['models_per_block']:>3} | "
+            f"{r['batch_size']:>5} {r['models']:>4} {r['seeds']:>3}x{len(r['lrs']):<2} {vm['devices']:>3} "
+            f"{vm['models_per_block']:>3} | "
             f"{vm['samples_per_s']:>17,.0f} {vm['gflops']:>8.1f} {vm['frac_of_peak']:>5.0%} "
             f"{vm['frac_of_step_ceiling']:>5.0%} | {sq['samples_per_s']:>19,.0f}{scaled} "
             f"{sq['gflops']:>8.1f} {sq['frac_of_peak']:>5.0%} | {r['vmapped_over_sequential']:>8.2f}"
         )
     if any(r["sequential"]["timed_models"] < r["models"] for r in train["results"]):
         lines.append("* sequential figure from a timed subset of the models, scaled (see sequential_method)")
-    lines.append("blk: models stepped together; peak: of the GEMM ceiling; step: of the bare step (matmuls + SGD) at")
-    lines.append("that batch size: " + ", ".join(
-        f"batch {b}, {c['models']} models: {c['gflops']:.1f} GFLOP/s ({c['frac_of_peak']:.0%} of peak)"
+    lines.append("dev: devices the grid is spread over; blk: models each steps together; peak: of the GEMM ceiling;")
+    lines.append("step: of the bare step (matmuls + SGD) at that batch size: " + ", ".join(
+        f"batch {b}, {c['models']} models x {c['devices']} device(s): {c['gflops']:.1f} GFLOP/s "
+        f"({c['frac_of_peak']:.0%} of peak)"
         for b, c in train["step_ceiling"].items()))  # fmt: skip
     lines += ["", _keras_line(report["keras"])]
     if report["curvature"] is not None:
         lines += ["", *_curvature_lines(report["curvature"])]
     return "\n".join(lines)
+
+
+def _gemm_detail(gemm: dict) -> str:
+    if gemm["all_devices_gflops"] is None:
+        return "one device"
+    return f"one device {gemm['one_device_gflops']:.1f}, one matmul per device at once {gemm['all_devices_gflops']:.1f}"
 
 
 def _keras_line(keras: dict) -> str:

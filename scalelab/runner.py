@@ -205,6 +205,7 @@ class ChunkRun:
     order_keys: jax.Array  # placed on the mesh, padded
     hypers: Hypers  # placed on the mesh, padded
     layout: sharding.GridLayout
+    program: grid_lib.Program  # the plan's, on the chunk's mesh
 
     def host(self, tree):
         """A (padded, sharded) grid pytree as numpy arrays of the chunk's real (S_c, V_c) models."""
@@ -255,13 +256,17 @@ def run_grid(
             if c == start_chunk and restored is not None:
                 state = jax.tree.unflatten(jax.tree.structure(state), restored)
                 first_epoch = start_epoch
-            # The chunk's models are spread over every device (a (1, 1) mesh on one device).
-            layout = sharding.plan_layout(len(seeds), num_variants, jax.device_count())
+            # The chunk's models are spread over the devices (a (1, 1) mesh on one device), and
+            # each device trains its own models (``grid.train_steps`` under ``shard_map``).
+            devices = sharding.grid_devices(len(seeds) * num_variants)
+            layout = sharding.plan_layout(len(seeds), num_variants, len(devices))
+            mesh = sharding.make_mesh(layout, devices)
             hypers = jax.tree.map(lambda h, vs=variant_slice: h[vs], plan.hypers)
             state, hypers, data, order_keys = sharding.shard_grid(
-                layout, sharding.make_mesh(layout), state, hypers, plan.data, sharding.to_host(order_keys)
+                layout, mesh, state, hypers, plan.data, sharding.to_host(order_keys)
             )
-            chunk = ChunkRun(c, chunks[c], order_keys, hypers, layout)
+            program = dataclasses.replace(plan.program, mesh=mesh)
+            chunk = ChunkRun(c, chunks[c], order_keys, hypers, layout, program)
             if first_epoch == 0:
                 if recorder is not None:
                     curvature_rows.extend(recorder.measure(chunk, state, 0, 0.0))
@@ -273,7 +278,7 @@ def run_grid(
                         plan, fns, recorder, chunk, state, data, epoch, steps_per_epoch, every, curvature_rows
                     )
                 else:
-                    state, metrics = fns.epoch(plan.program, state, hypers, data, order_keys, np.int32(epoch))
+                    state, metrics = fns.epoch(program, state, hypers, data, order_keys, np.int32(epoch))
                 rows.extend(epoch_rows(plan, chunks[c], epoch, chunk.host(metrics)))
                 if recorder is not None:
                     curvature_rows.extend(recorder.measure(chunk, state, (epoch + 1) * steps_per_epoch, epoch + 1.0))
@@ -295,7 +300,7 @@ def run_grid(
 
 def _segmented_epoch(plan, fns, recorder, chunk, state, data, epoch, steps_per_epoch, every, curvature_rows):
     """An epoch as consecutive stretches of steps, measuring every model between them."""
-    program, e = plan.program, np.int32(epoch)
+    program, e = chunk.program, np.int32(epoch)
     orders, weights = fns.batches(program, chunk.order_keys, e, plan.data.train_x.shape[0])
     sums = grid_lib.zero_sums(state)
     for start, stop in segment_bounds(steps_per_epoch, every):
@@ -317,8 +322,9 @@ class Recorder:
 
     def measure(self, chunk: ChunkRun, state, step: int, epoch: float) -> list[dict]:
         config = self.plan.config
+        state, hypers = measuring_placement(chunk, (state, chunk.hypers))
         m = self.fns.measure(
-            self.plan.program, config.curvature, config.optimizer, state, chunk.hypers, self.batch,
+            self.plan.program, config.curvature, config.optimizer, state, hypers, self.batch,
             measure.measurement_key(step),
         )  # fmt: skip
         m = chunk.host(m)
@@ -339,18 +345,33 @@ class Recorder:
     def record_density(self, chunk: ChunkRun, state) -> None:
         if self.run_dir is None or jax.process_index() != 0 or self.plan.config.curvature.density_probes < 1:
             return
+        state, hypers = measuring_placement(chunk, (state, chunk.hypers))
         nodes, weights = chunk.host(
             self.fns.density(
-                self.plan.program, self.plan.config.curvature, state, chunk.hypers, self.batch,
-                measure.measurement_key(0),
+                self.plan.program, self.plan.config.curvature, state, hypers, self.batch, measure.measurement_key(0)
             )
-        )  # fmt: skip
+        )
         entries = [
             {"model": model.index, "seed": model.seed, "inputs": model.inputs, "lr": model.lr,
              "nodes": nodes[i, j].tolist(), "weights": weights[i, j].tolist()}
             for i, j, model in chunk_models(self.plan, chunk.coords)
         ]  # fmt: skip
         self.run_dir.add_spectrum(entries)
+
+
+def measuring_placement(chunk: ChunkRun, tree):
+    """``tree`` where the chunk's curvature is measured: on its devices, unless they are several CPUs.
+
+    Then everything moves to the first of them. jaxlib's CPU ``eigh`` (LAPACK syevd, batched
+    over models) waits for pieces of its batch that it queues on the intra-op thread pool, which
+    all host devices share; two devices inside ``eigh`` at once can each hold a pool thread
+    waiting for work queued behind the other, and hang (reproduced with 2 host devices and a
+    batch of 64x64 matrices). One CPU device still measures on every core.
+    """
+    devices = chunk.program.mesh.devices.flat
+    if len(devices) == 1 or devices[0].platform != "cpu" or jax.process_count() > 1:
+        return tree
+    return jax.device_put(tree, devices[0])
 
 
 def chunk_models(plan: GridPlan, coords: tuple[slice, slice]):
@@ -416,12 +437,12 @@ CPU_BLOCK_BYTES = 4 * 2**20
 
 
 def auto_models_per_block(program: grid_lib.Program, input_dim: int) -> int:
-    """Models per block on a lone CPU device; 0 (all at once) on accelerators or several devices.
+    """Models per block on each CPU device; 0 (all at once) on accelerators.
 
-    Blocks are a CPU cache optimisation. On a GPU every model of the grid runs in parallel, and
-    with several devices the models are already split among them (``scalelab.sharding``).
+    Blocks are a CPU cache optimisation (each device steps its own share of the grid block by
+    block, ``grid.train_steps``). On a GPU every model of the grid runs in parallel.
     """
-    if jax.device_count() > 1 or jax.devices()[0].platform != "cpu":
+    if jax.devices()[0].platform != "cpu":
         return 0
     state = 4 * _num_params(program, input_dim) * 4  # float32 params, grads, two moments
     widths = (*program.model.hidden, program.model.num_classes)

@@ -6,7 +6,8 @@ Run in its own process, since the device count is fixed when JAX starts:
 
 For each grid ``S,V`` it writes ``OUT_DIR/S_V.npz`` holding the per-epoch metrics and final
 parameters of its models trained by the plain ``jax.jit(grid.train_epoch)`` on one device
-(``plain/...``) and by the sharded one after ``unpad`` (``sharded/...``), and facts about the
+(``plain/...``) and by the sharded one (each device its own models, ``shard_map``, in blocks of
+one model) after ``unpad`` (``sharded/...``), and facts about the
 sharded outputs' layout (``facts/...``). The plain run trains the largest grid once, and each grid
 takes its corner: a model trains the same whatever its neighbours (test_grid), and every plain
 grid would cost another compile.
@@ -14,6 +15,7 @@ grid would cost another compile.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -71,6 +73,9 @@ def train_sharded(program, states, hypers, data, order_keys, num_seeds, num_vari
     layout = sharding.plan_layout(num_seeds, num_variants, jax.device_count())
     mesh = sharding.make_mesh(layout)
     args = sharding.shard_grid(layout, mesh, sharding.to_host(states), hypers, data, order_keys)
+    # As the runner does: each device trains its own models (shard_map), here one at a time
+    # (blocks of 1), against the plain program's all-at-once vmap.
+    program = dataclasses.replace(program, mesh=mesh, models_per_block=1)
     epoch_fn = jax.jit(grid_lib.train_epoch, static_argnums=0, donate_argnums=1)
     compiled = epoch_fn.lower(program, *args, np.int32(0)).compile()  # compiled once, and inspectable
     states, hypers, data, order_keys = args

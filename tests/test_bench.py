@@ -1,30 +1,43 @@
 """The benchmark program: its JSON's structure and sanity, and its usage errors. Never its speed."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from experiments import bench
 
+ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 
 @pytest.mark.skipif(not REAL_DATA.exists(), reason="needs Fashion-MNIST (Debian package dataset-fashion-mnist)")
-def test_quick_bench_writes_sane_figures(tmp_path, capsys):
+def test_quick_bench_on_two_host_devices_writes_sane_figures(tmp_path):
+    """In its own process, on 2 CPU devices: the 8-model grid is spread over both, 1 model is not."""
     out = tmp_path / "b.json"
-    assert bench.main(["--quick", "--out", str(out)]) == 0
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.bench", "--quick", "--host-devices", "2", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
 
-    assert report["environment"]["platform"] and report["environment"]["device_count"] >= 1
-    peak = report["gemm_peak_gflops"]
-    assert peak > 0
+    assert report["environment"]["platform"] == "cpu" and report["environment"]["device_count"] == 2
+    peak, gemm = report["gemm_peak_gflops"], report["gemm"]
+    assert gemm["one_device_gflops"] > 0 and gemm["all_devices_gflops"] > 0
+    assert peak == max(gemm["one_device_gflops"], gemm["all_devices_gflops"])
     train = report["training"]
     assert train["num_params"] == 784 * 128 + 128 + 128 * 10 + 10
     assert {(r["models"], r["batch_size"]) for r in train["results"]} == {(1, 32), (8, 32)}
     ceiling = train["step_ceiling"]["32"]
     assert ceiling["gflops"] > 0 and ceiling["frac_of_peak"] == pytest.approx(ceiling["gflops"] / peak)
     assert ceiling["models"] == train["results"][-1]["vmapped"]["models_per_block"]
+    assert ceiling["devices"] == train["results"][-1]["vmapped"]["devices"]
+    assert [r["vmapped"]["devices"] for r in train["results"]] == [1, 2]  # 2+ models per CPU device
     for row in train["results"]:
         assert 1 <= row["vmapped"]["models_per_block"] <= row["models"]
         assert row["vmapped"]["frac_of_step_ceiling"] == pytest.approx(row["vmapped"]["gflops"] / ceiling["gflops"])
@@ -43,7 +56,7 @@ def test_quick_bench_writes_sane_figures(tmp_path, capsys):
     assert curv["worst_rel_residual"] <= 1e-3  # the other seeds converge as fast at initialisation
     assert all(r["vmapped_over_sequential"] > 0 and r["eigenvalue_range"][0] > 0 for r in curv["results"])
     assert set(report["headline"]["training_vmapped_over_sequential"]) == {"M1_b32", "M8_b32"}
-    assert "vmap/seq" in capsys.readouterr().out
+    assert "vmap/seq" in done.stdout
 
 
 @pytest.mark.parametrize(

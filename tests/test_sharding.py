@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -73,6 +74,47 @@ def host_states(num_seeds, num_variants):
     )  # fmt: skip
     params = {"kernel": np.broadcast_to(ids[..., None, None], (num_seeds, num_variants, 3, 2)).copy()}
     return TrainState(params=params, opt_state=(params,), step=ids, status=status)
+
+
+@pytest.mark.parametrize(
+    ("platform", "num_models", "used"),
+    [("cpu", 1, 1), ("cpu", 3, 1), ("cpu", 4, 2), ("cpu", 7, 3), ("cpu", 8, 4), ("cpu", 500, 4), ("gpu", 1, 4),
+     ("gpu", 500, 4), ("tpu", 3, 4)],
+)  # fmt: skip
+def test_grid_devices_gives_each_cpu_device_two_models_and_uses_every_accelerator(platform, num_models, used):
+    devices = [SimpleNamespace(platform=platform, id=i) for i in range(4)]
+    assert sharding.grid_devices(num_models, devices) == devices[:used]
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [({}, "cores"), ({"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}, 3), ({"JAX_NUM_CPU_DEVICES": "1"}, 1)],
+)
+def test_use_host_cores_gives_one_cpu_device_per_core_unless_a_count_is_chosen(environ, expected):
+    code = "from scalelab import sharding; sharding.use_host_cores(); import jax; print(jax.device_count())"
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    env |= {"JAX_PLATFORMS": "cpu", **environ}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    cores = len(os.sched_getaffinity(0))
+    assert int(done.stdout.split()[-1]) == (cores if expected == "cores" else expected)
+
+
+def test_curvature_of_a_grid_on_several_cpu_devices_is_measured_on_one():
+    """jaxlib's CPU eigh can hang when two host devices run it at once (runner.measuring_placement)."""
+    code = """
+from types import SimpleNamespace
+import jax, numpy as np
+from scalelab import runner, sharding
+mesh = sharding.make_mesh(sharding.plan_layout(2, 1, 2))
+x = sharding.place(np.ones((2, 1, 3)), sharding.grid_shardings(mesh).states)
+y = runner.measuring_placement(SimpleNamespace(program=SimpleNamespace(mesh=mesh)), x)
+print(len(x.sharding.device_set), len(y.sharding.device_set), bool((np.asarray(y) == 1).all()))
+"""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["2", "1", "True"]
 
 
 def test_pad_states_freezes_only_the_padding_and_unpad_restores_the_grid():
@@ -194,8 +236,8 @@ def test_only_the_padded_models_are_frozen(sharded_runs, grid):
 
 
 def test_scale_grid_on_four_devices_writes_what_one_device_writes(idx_folder, tmp_path):
-    """The whole job (training, curvature, checkpoints) sharded over 4 devices, 3 models (1 padded)."""
-    flags = ["--data", "idx", "--data-dir", str(idx_folder), "--epochs", "2", "--seeds", "1", "--hidden", "8",
+    """The whole job (training, curvature, checkpoints) sharded over 4 devices, 9 models (3 padded)."""
+    flags = ["--data", "idx", "--data-dir", str(idx_folder), "--epochs", "2", "--seeds", "3", "--hidden", "8",
              "--batch-size", "32", "--inputs", "/1,/255,zscore", "--curvature-examples", "32", "--lanczos-steps", "4",
              "--no-report", "--no-progress"]  # fmt: skip
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -207,7 +249,7 @@ def test_scale_grid_on_four_devices_writes_what_one_device_writes(idx_folder, tm
                        check=True, cwd=ROOT, env=env, capture_output=True)  # fmt: skip
         runs[devices] = (read_metrics(out / "metrics.csv"), RunDir(out).curvature())
     (one_rows, one_curv), (many_rows, many_curv) = runs[1], runs[NUM_DEVICES]
-    assert len(one_rows) == len(many_rows) == 6 and len(one_curv) == len(many_curv) == 9
+    assert len(one_rows) == len(many_rows) == 18 and len(one_curv) == len(many_curv) == 27
     for a, b in zip(one_rows, many_rows, strict=True):
         assert (a["model"], a["epoch"], a["inputs"]) == (b["model"], b["epoch"], b["inputs"])
         for key in ("train_loss", "test_loss", "grad_norm"):
