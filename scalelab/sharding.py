@@ -88,8 +88,8 @@ def plan_layout(num_seeds: int, num_variants: int, num_devices: int) -> GridLayo
 
 # Host (CPU) devices share the machine's cores. A device with a single model leaves a core to
 # padding or to nothing, where one device would have run that model's matmuls on every core:
-# measured on 2 cores (batch 32), 2 host devices against 1 gave 0.68x at 1 model, 0.93x at 2,
-# 1.2-1.3x at 4, 1.07x at 8, 1.06x at 21, 1.24x at 32 and 1.18x at 128.
+# measured on 2 cores (batch 32), 2 host devices against 1 gave 0.68x at 1 model, 0.90-0.93x at
+# 2, 1.2-1.3x at 4, 1.07x at 8, 1.06x at 21, 1.24x at 32 and 1.18x at 128.
 MIN_MODELS_PER_HOST_DEVICE = 2
 
 

@@ -20,7 +20,8 @@ def test_quick_bench_on_two_host_devices_writes_sane_figures(tmp_path):
     out = tmp_path / "b.json"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     done = subprocess.run(
-        [sys.executable, "-m", "experiments.bench", "--quick", "--host-devices", "2", "--out", str(out)],
+        [sys.executable, "-m", "experiments.bench", "--quick", "--host-devices", "2", "--compare-one-device",
+         "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -32,12 +33,21 @@ def test_quick_bench_on_two_host_devices_writes_sane_figures(tmp_path):
     assert peak == max(gemm["one_device_gflops"], gemm["all_devices_gflops"])
     train = report["training"]
     assert train["num_params"] == 784 * 128 + 128 + 128 * 10 + 10
+    # forward + weight gradients of both layers, input gradient of the second only
+    assert train["matmul_flops_per_sample"] == 2 * 2 * (784 * 128 + 128 * 10) + 2 * 128 * 10
+    assert train["six_n_over_matmul_flops"] == pytest.approx(6 * train["num_params"] / train["matmul_flops_per_sample"])
     assert {(r["models"], r["batch_size"]) for r in train["results"]} == {(1, 32), (8, 32)}
     ceiling = train["step_ceiling"]["32"]
     assert ceiling["gflops"] > 0 and ceiling["frac_of_peak"] == pytest.approx(ceiling["gflops"] / peak)
     assert ceiling["models"] == train["results"][-1]["vmapped"]["models_per_block"]
     assert ceiling["devices"] == train["results"][-1]["vmapped"]["devices"]
     assert [r["vmapped"]["devices"] for r in train["results"]] == [1, 2]  # 2+ models per CPU device
+    alone, spread = train["results"]
+    assert "one_device" not in alone  # nothing to compare: it already runs on one device
+    assert spread["devices_over_one_device"] == pytest.approx(
+        spread["one_device"]["epoch_s"] / spread["vmapped"]["epoch_s"]
+    )
+    assert spread["one_device"]["samples_per_s"] > 0 and "on one device" in done.stdout
     for row in train["results"]:
         assert 1 <= row["vmapped"]["models_per_block"] <= row["models"]
         assert row["vmapped"]["frac_of_step_ceiling"] == pytest.approx(row["vmapped"]["gflops"] / ceiling["gflops"])
