@@ -64,7 +64,7 @@ STEP_CEILING_STEPS = 128
 CURVATURE_CHUNK = 1024  # examples per HVP chunk: bounded memory, as for full-batch curvature
 DEFAULTS = {
     "models": (1, 8, 32, 128), "batch_sizes": (32, 256), "train_limit": 4096, "test_limit": 256,
-    "repeats": 2, "gemm_size": 4096, "sequential_max": 32, "curvature_models": (1, 16, 64),
+    "repeats": 2, "gemm_size": 2048, "sequential_max": 32, "curvature_models": (1, 16, 64),
     "curvature_examples": 2048, "lanczos_steps": (8, 16, 24, 32, 48, 64), "curvature_loss": "keras-ce",
 }  # fmt: skip
 QUICK = {
@@ -149,7 +149,7 @@ def run(argv) -> int:
                        "host_devices": args.host_devices, "data": args.data or "fashion_mnist"}  # fmt: skip
     report["environment"] = environment(args.host_devices, jax_preloaded)
     _say(f"GEMM {settings['gemm_size']}^2 float32")
-    report["gemm"] = gemm_peak(settings["gemm_size"], max(5, settings["repeats"]))
+    report["gemm"] = gemm_peak(settings["gemm_size"], max(8, settings["repeats"]))
     peak = report["gemm"]["gemm_peak_gflops"]
     report["gemm_peak_gflops"] = peak
     report["training"] = training_bench(settings, dataset, peak)
@@ -167,8 +167,12 @@ def run(argv) -> int:
     return 0
 
 
+_STARTED = time.perf_counter()
+
+
 def _say(message: str) -> None:
-    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+    """A progress line on stderr, with the seconds since the program started."""
+    print(f"{PROG}: [{time.perf_counter() - _STARTED:5.0f} s] {message}", file=sys.stderr, flush=True)
 
 
 def _request_host_devices(count: int | None) -> bool:
