@@ -4,12 +4,19 @@
 unit learning rate; the training step subtracts ``lr * direction``. Why: the learning rate is a
 *vmapped* number (one per model of a grid), while the optimiser's kind is static (it changes
 the compiled program). Defaults follow Keras, since the questions we reproduce used Keras.
+
+Each direction is a ``SplitDirection``: the optax transformation plus ``from_state``, which reads
+the update off the optimiser's *new* state (see there for why the training step wants that).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from scalelab.errors import UsageError
@@ -35,7 +42,43 @@ class OptimizerConfig:
             raise UsageError(f"unknown optimizer {self.name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
-def make_direction(config: OptimizerConfig) -> optax.GradientTransformation:
+class SplitDirection(NamedTuple):
+    """An optax ``GradientTransformation`` whose update can also be read off its new state.
+
+    ``init`` and ``update`` are the optax transformation's own, so a ``SplitDirection`` goes
+    wherever one does. ``from_state(grads, new_state, params)`` returns ``update(grads, state,
+    params)[0]`` computed from ``new_state = update(grads, state, params)[1]`` (tested equal for
+    every optimiser here).
+
+    Why: optax's ``update`` computes the new moments and the update side by side from the *old*
+    moments. Inside the compiled epoch the old moments then have two readers, and XLA:CPU copies
+    both of Adam's moments every step to overwrite them in place. ``train.masked_update`` instead
+    writes the new moments first and reads the update off them: measured 11% faster training at
+    batch 32 (M = 32 models on 2 cores), 5% at batch 256.
+    """
+
+    init: optax.TransformInitFn
+    update: optax.TransformUpdateFn
+    from_state: Callable[[optax.Updates, optax.OptState, optax.Params], optax.Updates]
+
+
+def _split(transform: optax.GradientTransformation, from_state) -> SplitDirection:
+    return SplitDirection(transform.init, transform.update, from_state)
+
+
+def _adam_from_state(b1: float, b2: float, eps: float):
+    """Adam's update from its new state: bias-corrected ``mu_hat / (sqrt(nu_hat) + eps)``, as optax."""
+
+    def from_state(grads, state: optax.ScaleByAdamState, params=None):
+        del grads, params
+        mu_hat = optax.tree.bias_correction(state.mu, b1, state.count)
+        nu_hat = optax.tree.bias_correction(state.nu, b2, state.count)
+        return jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu_hat, nu_hat)
+
+    return from_state
+
+
+def make_direction(config: OptimizerConfig) -> SplitDirection:
     """The optimiser without its learning rate (``adam`` = ``scale_by_adam``, Kingma & Ba 2015).
 
     Adam here bias-corrects both moments and adds ``eps`` outside the square root, as optax
@@ -43,13 +86,24 @@ def make_direction(config: OptimizerConfig) -> optax.GradientTransformation:
     only matters while ``sqrt(v)`` is near ``eps``.
     """
     if config.name == "sgd":
-        return optax.identity()
+        return _split(optax.identity(), lambda grads, state, params: grads)
     if config.name == "momentum":
         # Keras SGD(momentum=m): v <- m v - lr g; with a constant lr that is -lr * trace(g).
-        return optax.trace(decay=config.momentum)
+        return _split(optax.trace(decay=config.momentum), lambda grads, state, params: state.trace)
     if config.name == "rmsprop":
-        return optax.scale_by_rms(decay=config.rho, eps=config.eps)
+        eps = config.eps
+
+        def rms_from_state(grads, state, params):  # optax: g * rsqrt(nu + eps), eps inside the root
+            return jax.tree.map(lambda n, g: jax.lax.rsqrt(n + eps) * g, state.nu, grads)
+
+        return _split(optax.scale_by_rms(decay=config.rho, eps=eps), rms_from_state)
     adam = optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps)
+    adam_from_state = _adam_from_state(config.b1, config.b2, config.eps)
     if config.name == "adamw":
-        return optax.chain(adam, optax.add_decayed_weights(config.weight_decay))
-    return adam
+        decay = config.weight_decay
+
+        def adamw_from_state(grads, state, params):  # optax.add_decayed_weights: u + wd * p
+            return jax.tree.map(lambda u, p: u + decay * p, adam_from_state(grads, state[0], params), params)
+
+        return _split(optax.chain(adam, optax.add_decayed_weights(decay)), adamw_from_state)
+    return _split(adam, adam_from_state)
