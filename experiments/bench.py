@@ -581,7 +581,12 @@ def training_row(
 
 
 def keras_bench(settings: dict, dataset) -> dict:
-    """``model.fit`` samples/s of one 784-128-10 model per batch size; null if keras is missing."""
+    """``model.fit`` samples/s of one 784-128-10 model per batch size; null if keras is missing.
+
+    Keras runs on JAX (``KERAS_BACKEND=jax`` unless set otherwise): the same XLA as scalelab, and
+    the one backend this project installs.
+    """
+    os.environ.setdefault("KERAS_BACKEND", "jax")
     try:
         import keras
     except ImportError:
