@@ -47,14 +47,14 @@ class SplitDirection(NamedTuple):
 
     ``init`` and ``update`` are the optax transformation's own, so a ``SplitDirection`` goes
     wherever one does. ``from_state(grads, new_state, params)`` returns ``update(grads, state,
-    params)[0]`` computed from ``new_state = update(grads, state, params)[1]`` (tested equal for
-    every optimiser here).
+    params)[0]`` computed from ``new_state = update(grads, state, params)[1]`` (tested for every
+    optimiser here: equal to float32 rounding, and to 1e-12 in float64).
 
     Why: optax's ``update`` computes the new moments and the update side by side from the *old*
     moments. Inside the compiled epoch the old moments then have two readers, and XLA:CPU copies
     both of Adam's moments every step to overwrite them in place. ``train.masked_update`` instead
     writes the new moments first and reads the update off them: measured 11% faster training at
-    batch 32 (M = 32 models on 2 cores), 5% at batch 256.
+    batch 32 (M = 32 models on 2 cores).
     """
 
     init: optax.TransformInitFn
@@ -71,7 +71,8 @@ def _adam_from_state(b1: float, b2: float, eps: float):
     Kingma & Ba (2015, end of Sec. 2): ``sqrt(1-b2^t)/(1-b1^t) * mu / (sqrt(nu) + eps*sqrt(1-b2^t))``.
 
     That is optax's ``mu_hat / (sqrt(nu_hat) + eps)`` with bias-corrected moments, rearranged
-    (equal to float32 rounding: tested to 1e-6), but each parameter costs one division and one
+    (tested: within 3e-5 of it in float32, where both forms are within 1.4e-5 of a float64 Adam,
+    and to 1e-12 in float64), but each parameter costs one division and one
     square root instead of three divisions and a root. The update is the one compute-bound pass
     of the step besides the matmuls: measured 5-6% faster training at batch 32.
     """
