@@ -123,8 +123,12 @@ def _sum_of_squares(x: jax.Array) -> jax.Array:
     (``lax.platform_dependent`` picks the form when the program is lowered).
     """
     if x.ndim < 2:
-        return jnp.sum(jnp.square(x))
-    return jax.lax.platform_dependent(x, cpu=_sum_of_squares_as_matvec, default=lambda a: jnp.sum(jnp.square(a)))
+        return _plain_sum_of_squares(x)
+    return jax.lax.platform_dependent(x, cpu=_sum_of_squares_as_matvec, default=_plain_sum_of_squares)
+
+
+def _plain_sum_of_squares(x: jax.Array) -> jax.Array:
+    return jnp.sum(jnp.square(x))
 
 
 def _sum_of_squares_as_matvec(x: jax.Array) -> jax.Array:
