@@ -327,7 +327,8 @@ def prepare_grid(
     import numpy as np
 
     from scalelab import grid, sharding
-    from scalelab.runner import _num_params, plan_grid
+    from scalelab.models import count_params
+    from scalelab.runner import plan_grid
 
     plan = plan_grid(config, dataset, models_per_block)
     num_seeds, num_variants = len(calls[0][0]), len(calls[0][1])
@@ -352,7 +353,7 @@ def prepare_grid(
     per_device = layout.padded_seeds * layout.padded_variants // len(devices)
     block = grid.models_per_block(per_device, program.models_per_block)
     steps = program.num_steps(len(plan.data.train_x))
-    num_params = _num_params(program, input_dim)
+    num_params = count_params(program.model, input_dim)
     return PreparedGrid(compiled, data, prepared, compile_s, block, len(devices), num_params, steps)
 
 
@@ -445,6 +446,7 @@ def training_bench(settings: dict, dataset, peak: float) -> dict:
              f"another) and the {', '.join(map(str, settings['models']))}-model grids")  # fmt: skip
         single = prepare_grid(run_config(settings, batch_size, 1, (BASE_LR,)), dataset,
                               [((s,), (lr,)) for s, lr in needed])  # fmt: skip
+
         def grid(seeds, lrs, one_device=False, batch_size=batch_size):
             config = run_config(settings, batch_size, seeds, lrs)
             return prepare_grid(config, dataset, [(range(seeds), lrs)], settings["models_per_block"], one_device)
@@ -477,7 +479,8 @@ def training_bench(settings: dict, dataset, peak: float) -> dict:
         "num_params": results[0]["num_params"],
         "flops_per_sample": f"{FLOPS_PER_SAMPLE_PER_PARAM} x num_params (forward 2N + backward 4N)",
         "matmul_flops_per_sample": matmul_flops_per_sample(widths),
-        "six_n_over_matmul_flops": FLOPS_PER_SAMPLE_PER_PARAM * results[0]["num_params"]
+        "six_n_over_matmul_flops": FLOPS_PER_SAMPLE_PER_PARAM
+        * results[0]["num_params"]
         / matmul_flops_per_sample(widths),
         "train_examples": num_train,
         "test_examples_evaluated": settings["test_limit"],

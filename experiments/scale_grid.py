@@ -96,8 +96,13 @@ def build_parser() -> cli.Parser:
         type=cli.non_negative_int,
         help=f"Hutchinson probes for the Hessian trace, 0 = none (default {curv.trace_probes})",
     )
-    p.add_argument("--checkpoint-every", type=cli.positive_int, default=1, metavar="N",
-                   help="write metrics and a resumable checkpoint every N epochs (default 1)")
+    p.add_argument(
+        "--checkpoint-every",
+        type=cli.positive_int,
+        default=1,
+        metavar="N",
+        help="write metrics and a resumable checkpoint every N epochs (default 1)",
+    )
     p.add_argument("--no-save-params", action="store_true", help="do not keep every epoch's params in params/")
     p.add_argument("--no-report", action="store_true", help="do not write figures and report.md/html at the end")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

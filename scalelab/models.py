@@ -7,6 +7,7 @@ lives in the loss). Parameters use Flax's layout, ``{'params': {'Dense_0': {'ker
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -58,3 +59,9 @@ def make_model(hidden: Sequence[int], num_classes: int, activation: str, kernel_
     if not hidden or any(w <= 0 for w in hidden):
         raise UsageError(f"hidden widths {tuple(hidden)} must be positive integers, e.g. --hidden 128,128")
     return MLP(tuple(hidden), num_classes, activation, kernel_init)
+
+
+def count_params(model: MLP, input_dim: int) -> int:
+    """Number of parameters of ``model`` on ``input_dim`` inputs (shapes only, nothing computed)."""
+    leaves = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, input_dim))))
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(leaves))

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from scalelab import grid as grid_lib
@@ -24,7 +23,7 @@ from scalelab import measure, sharding
 from scalelab.config import RunConfig, config_differences
 from scalelab.errors import ScalelabError, UsageError
 from scalelab.losses import get_loss
-from scalelab.models import make_model
+from scalelab.models import count_params, make_model
 from scalelab.optim import make_direction
 from scalelab.results import RunDir
 from scalelab.train import Hypers
@@ -444,21 +443,15 @@ def auto_models_per_block(program: grid_lib.Program, input_dim: int) -> int:
     """
     if jax.devices()[0].platform != "cpu":
         return 0
-    state = 4 * _num_params(program, input_dim) * 4  # float32 params, grads, two moments
+    state = 4 * count_params(program.model, input_dim) * 4  # float32 params, grads, two moments
     widths = (*program.model.hidden, program.model.num_classes)
     activations = program.batch_size * (2 * input_dim + 3 * sum(widths)) * 4  # raw + transformed batch, z, a, dz
     return max(1, CPU_BLOCK_BYTES // (state + activations))
 
 
-def _num_params(program: grid_lib.Program, input_dim: int) -> int:
-    dummy = jnp.zeros((1, input_dim))
-    leaves = jax.eval_shape(lambda: program.model.init(jax.random.PRNGKey(0), dummy))
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(leaves))
-
-
 def _auto_chunk(plan: GridPlan) -> int:
     """How many models fit in half the device's memory (all of them, on most machines)."""
-    num_params = _num_params(plan.program, plan.data.train_x.shape[1])
+    num_params = count_params(plan.program.model, plan.data.train_x.shape[1])
     per_model = grid_lib.estimate_bytes_per_model(
         num_params, plan.config.model.hidden, plan.program.batch_size, plan.program.eval_chunk
     )
