@@ -332,9 +332,7 @@ def prepare_grid(
 
     plan = plan_grid(config, dataset, models_per_block)
     num_seeds, num_variants = len(calls[0][0]), len(calls[0][1])
-    devices = jax.devices()[:1] if one_device else sharding.grid_devices(num_seeds * num_variants)
-    layout = sharding.plan_layout(num_seeds, num_variants, len(devices))
-    mesh = sharding.make_mesh(layout, devices)
+    layout, mesh = sharding.grid_placement(num_seeds, num_variants, jax.devices()[:1] if one_device else None)
     program = dataclasses.replace(plan.program, mesh=mesh)
     input_dim = plan.data.train_x.shape[1]
     init = jax.jit(grid.init_grid, static_argnums=(0, 2, 3))
@@ -350,11 +348,11 @@ def prepare_grid(
     start = time.perf_counter()
     compiled = epoch_fn.lower(program, *prepared[0][:2], data, prepared[0][2], jnp.int32(0)).compile()
     compile_s = time.perf_counter() - start
-    per_device = layout.padded_seeds * layout.padded_variants // len(devices)
+    per_device = layout.padded_seeds * layout.padded_variants // mesh.devices.size
     block = grid.models_per_block(per_device, program.models_per_block)
     steps = program.num_steps(len(plan.data.train_x))
     num_params = count_params(program.model, input_dim)
-    return PreparedGrid(compiled, data, prepared, compile_s, block, len(devices), num_params, steps)
+    return PreparedGrid(compiled, data, prepared, compile_s, block, mesh.devices.size, num_params, steps)
 
 
 def time_grids(grids: Sequence[PreparedGrid], repeats: int) -> list[GridTiming]:

@@ -257,9 +257,7 @@ def run_grid(
                 first_epoch = start_epoch
             # The chunk's models are spread over the devices (a (1, 1) mesh on one device), and
             # each device trains its own models (``grid.train_steps`` under ``shard_map``).
-            devices = sharding.grid_devices(len(seeds) * num_variants)
-            layout = sharding.plan_layout(len(seeds), num_variants, len(devices))
-            mesh = sharding.make_mesh(layout, devices)
+            layout, mesh = sharding.grid_placement(len(seeds), num_variants)
             hypers = jax.tree.map(lambda h, vs=variant_slice: h[vs], plan.hypers)
             state, hypers, data, order_keys = sharding.shard_grid(
                 layout, mesh, state, hypers, plan.data, sharding.to_host(order_keys)

@@ -132,6 +132,19 @@ def make_mesh(layout: GridLayout, devices: Sequence[jax.Device] | None = None) -
     return jax.make_mesh(shape, (SEEDS, VARIANTS), (AxisType.Auto, AxisType.Auto), devices=devices)
 
 
+def grid_placement(
+    num_seeds: int, num_variants: int, devices: Sequence[jax.Device] | None = None
+) -> tuple[GridLayout, Mesh]:
+    """Where an (S, V) grid trains: its layout and mesh over ``grid_devices`` (or ``devices``).
+
+    The one placement rule for every caller (the runner's chunks, the benchmark's grids), so a
+    benchmarked grid is laid out exactly as ``scale_grid`` lays it out.
+    """
+    devices = grid_devices(num_seeds * num_variants) if devices is None else list(devices)
+    layout = plan_layout(num_seeds, num_variants, len(devices))
+    return layout, make_mesh(layout, devices)
+
+
 class GridShardings(NamedTuple):
     """One ``NamedSharding`` per argument of ``grid.train_epoch``."""
 
