@@ -26,7 +26,8 @@ from matplotlib.ticker import MaxNLocator
 
 from scalelab import cli
 from scalelab.errors import ScalelabError
-from scalelab.results import RunDir, atomic_write_bytes, final_rows, read_curvature, read_json
+from scalelab.results import RunDir, atomic_write_bytes, read_json
+from scalelab.schema import Axis, final_rows
 
 PROG = "analysis.plots"
 FIGURE_FORMATS = ("png", "svg")
@@ -42,6 +43,7 @@ class RunData:
 
     path: Path
     config: dict[str, Any]
+    axes: tuple[Axis, ...]
     metrics: list[dict[str, Any]]
     curvature: list[dict[str, Any]] | None
     spectrum: dict[str, Any] | None
@@ -57,8 +59,9 @@ def load_run(path: Path) -> RunData:
     return RunData(
         path=run.path,
         config=read_json(run.config_path),
+        axes=run.axes,
         metrics=metrics,
-        curvature=read_curvature(curvature_path) if curvature_path.exists() else None,
+        curvature=run.curvature() if curvature_path.exists() else None,
         spectrum=read_json(spectrum_path) if spectrum_path.exists() else None,
     )
 

@@ -23,7 +23,8 @@ import numpy as np
 from analysis import plots
 from analysis.plots import RunData, divisor_of, num, ordered_keys, series_key, usable
 from scalelab.losses import KERAS_EPSILON
-from scalelab.results import atomic_write_text, final_rows
+from scalelab.results import atomic_write_text
+from scalelab.schema import final_rows
 
 PROG = "analysis.report"
 SATURATED = 0.25  # share of examples clipped at p < 1e-7 above which we call the output saturated

@@ -3,8 +3,9 @@
     python -m experiments.curvature_vs_scale                    # C = 1 ... 1e5, 11 values, 2 seeds
     python -m experiments.curvature_vs_scale --quick            # seconds
 
-One scale_grid run (every divisor is a model of one compiled grid) with curvature recorded at
-init, every ``--curvature-every`` steps and after each epoch. On top of curvature.csv it writes
+One ``scalelab.study.run`` of ``CONFIG`` with a dense divisor axis (every divisor is a model of
+one compiled grid) and curvature recorded at init, every ``--curvature-every`` steps and after
+each epoch; every config flag applies. On top of curvature.csv it writes
 ``scale_law.json``:
 
 * the local exponents ``d log(lambda) / d log(C)`` between neighbouring divisors, at init, of the
@@ -18,19 +19,29 @@ init, every ``--curvature-every`` steps and after each epoch. On top of curvatur
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 
-from experiments import scale_grid
-from scalelab import cli
+from experiments import common
+from scalelab import cli, flags, study
+from scalelab.config import CurvatureConfig, GridConfig, RunConfig, TrainConfig
 from scalelab.errors import UsageError
-from scalelab.results import RunDir, write_json
+from scalelab.results import write_json
 
 PROG = "curvature_vs_scale"
+CONFIG = RunConfig(
+    train=TrainConfig(epochs=3),
+    grid=GridConfig(inputs=("/1",), seeds=2),  # the divisors come from --divisors and --max-exponent
+    curvature=CurvatureConfig(every=300),
+)
+QUICK: flags.Overrides = {
+    "grid": {"seeds": 1}, "train": {"epochs": 1}, "curvature": {"every": 16},
+    "data": {"train_limit": 1024, "test_limit": 1000},
+}  # fmt: skip
+QUICK_DIVISORS = 5
 
 
 def divisors(low_exp: float, high_exp: float, count: int) -> list[str]:
@@ -39,48 +50,25 @@ def divisors(low_exp: float, high_exp: float, count: int) -> list[str]:
 
 
 def build_parser() -> cli.Parser:
-    p = cli.Parser(prog=f"python -m experiments.{PROG}", description=__doc__.split("\n\n")[0])
+    p = common.build_parser(PROG, __doc__, QUICK, out_help=f"run directory (default runs/{PROG}-TIMESTAMP)")
     p.add_argument("--max-exponent", type=float, default=5.0, help="largest divisor 10^E (default 5)")
-    p.add_argument("--divisors", type=cli.positive_int, default=11, help="how many divisors (default 11)")
-    p.add_argument("--seeds", type=cli.positive_int, default=2, help="seeds 0..N-1 (default 2)")
-    p.add_argument("--epochs", type=cli.positive_int, default=3, help="epochs (default 3)")
-    p.add_argument("--curvature-every", type=cli.non_negative_int, default=300, help="steps between measurements")
-    p.add_argument("--loss", default="keras-ce", help="keras-ce (default), ce or mse")
-    p.add_argument("--optimizer", default="adam", help="adam (default), sgd, ...")
-    p.add_argument("--train-limit", type=cli.positive_int, help="use the first N training examples")
-    p.add_argument("--test-limit", type=cli.positive_int, help="use the first N test examples")
-    p.add_argument("--quick", action="store_true", help="seconds: 5 divisors, 1 seed, 1 epoch, 1024/1000 examples")
-    cli.add_data_flags(p)
-    p.add_argument("--out", type=Path, help=f"run directory (default runs/{PROG}-TIMESTAMP)")
-    p.add_argument("--no-report", action="store_true", help="skip figures and report")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument(
+        "--divisors", type=cli.positive_int, help=f"how many divisors (default 11; {QUICK_DIVISORS} with --quick)"
+    )
     return p
 
 
-def grid_argv(args) -> list[str]:
-    count, seeds, epochs, every = args.divisors, args.seeds, args.epochs, args.curvature_every
-    limit, test_limit = args.train_limit, args.test_limit
-    if args.quick:
-        count, seeds, epochs, every = 5, 1, 1, 16
-        limit, test_limit = limit or 1024, test_limit or 1000
+def sweep_config(args) -> RunConfig:
+    """``CONFIG`` with the command line applied and the divisor axis in place of the inputs."""
     if args.max_exponent < 0:
         raise UsageError(f"--max-exponent {args.max_exponent} must be >= 0 (divisors from 1 to 10^E)")
-    argv = [
-        "--inputs", ",".join(divisors(0.0, args.max_exponent, count)), "--seeds", seeds, "--epochs", epochs,
-        "--curvature-every", every, "--loss", args.loss, "--optimizer", args.optimizer, "--out", args.out,
-        "--data", args.data,
-    ]  # fmt: skip
-    if args.data_dir is not None:
-        argv += ["--data-dir", args.data_dir]
-    if limit is not None:
-        argv += ["--train-limit", limit]
-    if test_limit is not None:
-        argv += ["--test-limit", test_limit]
-    for flag in ("no_report", "no_progress"):
-        if getattr(args, flag):
-            argv.append("--" + flag.replace("_", "-"))
-    return [str(a) for a in argv]
+    if "inputs" in flags.given(args).get("grid", {}):
+        raise UsageError("--inputs: this sweep's inputs are its divisors; set --divisors and --max-exponent")
+    count = args.divisors or (QUICK_DIVISORS if args.quick else 11)
+    config = common.resolve(args, CONFIG, QUICK)
+    return dataclasses.replace(
+        config, grid=dataclasses.replace(config.grid, inputs=tuple(divisors(0.0, args.max_exponent, count)))
+    )
 
 
 def _median(rows: list[dict], field: str) -> float:
@@ -136,14 +124,13 @@ def format_table(law: dict) -> str:
 
 def run(argv) -> int:
     args = build_parser().parse_args(argv)
-    args.out = args.out or Path("runs") / f"{PROG}-{time.strftime('%Y%m%d-%H%M%S')}"
-    code = scale_grid.run(grid_argv(args))
-    if code:
-        return code
-    law = scale_law(RunDir.open(args.out).curvature())
-    write_json(args.out / "scale_law.json", law)
+    result = study.run(sweep_config(args), args.out, progress=not args.no_progress, name=PROG)
+    law = scale_law(result.curvature())
+    write_json(result.path / "scale_law.json", law)
     print(format_table(law))
-    print(f"scale law: {args.out / 'scale_law.json'}")
+    print(
+        f"\nrun directory: {result.path} (scale_law.json" + (", report.html)" if result.config.output.report else ")")
+    )
     return 0
 
 

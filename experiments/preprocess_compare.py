@@ -8,9 +8,9 @@ than [0,1]", that any scaling which centres the inputs (mean, median) is "likely
 and that robust estimators of location and scale (Iglewicz 1983) are better still with outliers.
 Here: ``/255`` ([0, 1]) against ``[-1,1]``, ``zscore``, ``pixel-zscore`` and ``robust``, with the
 same seeds (so the same initial weights and minibatch order per seed), once for Adam and once for
-SGD: two ``experiments.scale_grid`` runs, into ``OUT/adam`` and ``OUT/sgd``. The model and training
-are scale_grid's defaults (MLP 784-128-10 relu, Keras' clipped cross-entropy, batch 32) unless
-flags say otherwise.
+SGD: two ``scalelab.study.run`` runs of ``CONFIGS``, into ``OUT/adam`` and ``OUT/sgd``. The model
+and training are the defaults (MLP 784-128-10 relu, Keras' clipped cross-entropy, batch 32, the
+optimiser's default lr) unless config flags say otherwise; they apply to both runs.
 
 ``OUT/summary.json`` and the printed table give, per optimiser and transform, the final test loss
 and accuracy (mean [min, max] over seeds) and the per-seed difference to ``/255`` (transform minus
@@ -19,48 +19,40 @@ and accuracy (mean [min, max] over seeds) and the per-seed difference to ``/255`
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any
 
-from experiments.keras_faq import (
-    add_subrun_flags,
-    cell,
-    finish_study,
-    output_folder,
-    run_subgrid,
-    stat,
-    subrun_argv,
-)
-from scalelab import cli
+from experiments import common
+from scalelab import cli, flags, study
+from scalelab.config import GridConfig, RunConfig, TrainConfig
+from scalelab.errors import UsageError
+from scalelab.optim import OptimizerConfig
 
 PROG = "preprocess_compare"
 BASELINE = "/255"
 TRANSFORMS = (BASELINE, "[-1,1]", "zscore", "pixel-zscore", "robust")
-OPTIMIZERS = ("adam", "sgd")
-DEFAULTS = {"seeds": 3, "train_limit": None, "test_limit": None, "epochs": 5}
-QUICK = {"seeds": 2, "train_limit": 2048, "test_limit": 1000, "epochs": 2}
+CONFIGS = {
+    name: RunConfig(
+        optimizer=OptimizerConfig(name=name), train=TrainConfig(epochs=5), grid=GridConfig(inputs=TRANSFORMS, seeds=3)
+    )  # fmt: skip
+    for name in ("adam", "sgd")
+}
+QUICK: flags.Overrides = {
+    "grid": {"seeds": 2},
+    "data": {"train_limit": 2048, "test_limit": 1000},
+    "train": {"epochs": 2},
+}
 
 
-def build_parser() -> cli.Parser:
-    p = cli.Parser(prog=f"python -m experiments.{PROG}", description=__doc__.split("\n\n")[0])
-    add_subrun_flags(p, DEFAULTS, QUICK)
-    p.add_argument("--epochs", type=cli.positive_int, help=f"epochs (default {DEFAULTS['epochs']})")
-    p.add_argument("--hidden", type=cli.int_list, help="hidden widths (default: scale_grid's, 128)")
-    p.add_argument("--activation", help="activation (default: scale_grid's, relu)")
-    p.add_argument("--loss", help="loss (default: scale_grid's, keras-ce)")
-    return p
-
-
-def model_argv(args) -> list[str]:
-    """The model and schedule flags, given or defaulted, for both sub-runs."""
-    epochs = args.epochs or (QUICK["epochs"] if args.quick else DEFAULTS["epochs"])
-    argv = ["--inputs", ",".join(TRANSFORMS), "--epochs", str(epochs)]
-    if args.hidden is not None:
-        argv += ["--hidden", ",".join(map(str, args.hidden))]
-    for key in ("activation", "loss"):
-        if getattr(args, key) is not None:
-            argv += [f"--{key}", getattr(args, key)]
-    return argv
+def optimizer_configs(args) -> dict[str, RunConfig]:
+    """Both configs with the command line applied; the transforms and optimisers are the experiment's."""
+    given = flags.given(args)
+    fixed = [flag for section, name, flag in (("grid", "inputs", "--inputs"), ("optimizer", "name", "--optimizer"))
+             if name in given.get(section, {})]  # fmt: skip
+    if fixed:
+        raise UsageError(f"{PROG} compares {', '.join(TRANSFORMS)} under adam and sgd; drop {', '.join(fixed)}")
+    return {name: common.resolve(args, config, QUICK) for name, config in CONFIGS.items()}
 
 
 def paired_differences(models: list[dict[str, Any]], transform: str, field: str) -> list[float]:
@@ -77,15 +69,15 @@ def compare(summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (optimizer, transform): final test loss/accuracy and the paired gap to /255."""
     rows = []
     for optimizer, summary in summaries.items():
-        groups = {g["inputs"]: g for g in summary["by_inputs"]}
+        groups = {g["inputs"]: g for g in summary["groups"]}
         for transform in TRANSFORMS:
             acc_gap = paired_differences(summary["models"], transform, "test_acc")
             loss_gap = paired_differences(summary["models"], transform, "test_loss")
             rows.append({
                 "optimizer": optimizer, "inputs": transform, "models": groups[transform]["models"],
                 "diverged": groups[transform]["diverged"], "test_loss": groups[transform]["test_loss"],
-                "test_acc": groups[transform]["test_acc"], "test_acc_minus_baseline": stat(acc_gap),
-                "test_loss_minus_baseline": stat(loss_gap), "paired_seeds": len(acc_gap),
+                "test_acc": groups[transform]["test_acc"], "test_acc_minus_baseline": common.stat(acc_gap),
+                "test_loss_minus_baseline": common.stat(loss_gap), "paired_seeds": len(acc_gap),
             })  # fmt: skip
     return rows
 
@@ -94,6 +86,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     header = (f"{'optimizer':>9} {'inputs':>12} {'test loss':>22} {'test acc':>22} "
               f"{'acc - /255':>26} {'loss - /255':>26} {'div':>4}")  # fmt: skip
     lines = [header, "-" * len(header)]
+    cell = common.cell
     for r in rows:
         lines.append(
             f"{r['optimizer']:>9} {r['inputs']:>12} {cell(r['test_loss']):>22} {cell(r['test_acc']):>22} "
@@ -105,16 +98,19 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run(argv) -> int:
-    args = build_parser().parse_args(argv)
-    out = output_folder(args, PROG, OPTIMIZERS)
-    shared = [*model_argv(args), *subrun_argv(args, DEFAULTS, QUICK)]
+    args = common.build_parser(PROG, __doc__, QUICK, out_help="folder for the sub-runs and summary.json "
+                               "(default runs/preprocess_compare-TIMESTAMP)").parse_args(argv)  # fmt: skip
+    configs = optimizer_configs(args)
+    out = common.output_folder(args, PROG, configs)
     summaries = {}
-    for optimizer in OPTIMIZERS:
-        summaries[optimizer] = run_subgrid(out / optimizer, ["--optimizer", optimizer, *shared])
+    for name, config in configs.items():
+        quiet = dataclasses.replace(config, output=dataclasses.replace(config.output, report=False))
+        summaries[name] = study.run(quiet, out / name, progress=not args.no_progress, name=f"{PROG}/{name}").summary()
     rows = compare(summaries)
     summary = {"experiment": PROG, "baseline": BASELINE, "transforms": list(TRANSFORMS),
-               "optimizers": list(OPTIMIZERS), "shared": shared, "rows": rows}  # fmt: skip
-    finish_study(args, out, summary, format_table(rows), OPTIMIZERS)
+               "configs": {k: c.to_dict() for k, c in configs.items()}, "rows": rows}  # fmt: skip
+    reports = all(c.output.report for c in configs.values())
+    common.finish_study(out, summary, format_table(rows), configs, reports)
     return 0
 
 

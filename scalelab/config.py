@@ -1,53 +1,148 @@
-"""Configuration as data: one frozen dataclass per concern, written to ``config.json``.
+"""Configuration as data: one frozen dataclass per concern, defaults in one place.
+
+A study is a ``RunConfig``: what data (``DataConfig``), which network (``ModelConfig``), how it
+learns (``OptimizerConfig``, ``TrainConfig``), the vmapped grid axes (``GridConfig``), what is
+measured while it trains (``CurvatureConfig``), what is written (``OutputConfig``) and how the
+engine lays the grid out (``EngineConfig``). It is written to ``config.json`` and read back for
+``--resume``; ``--config FILE`` reads the same layout from TOML or JSON.
+
+Each field's command-line flag, parser and help live beside it (``option``), so every entry
+point's CLI is generated from these classes (``scalelab.cli.add_config_flags``): a new field is
+one edit. Values are checked where a config is built (``__post_init__``), so a bad value is the
+same one-line error through the CLI, a config file or ``scalelab.study.run``.
 
 Static fields (they change the compiled program: widths, activation, loss, optimiser kind,
 batch size) are kept apart from the grid's numeric axes (input transforms, seeds, learning
-rates), which become vmapped arguments. ``--resume`` compares the ``RunConfig`` read back from
-a run directory with the one the command line asks for, field by field.
+rates), which become vmapped arguments.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from scalelab.errors import ScalelabError
-from scalelab.optim import OptimizerConfig
+from scalelab import cli
+from scalelab.errors import UsageError
+from scalelab.optim import DEFAULT_LR, OPTIMIZERS, OptimizerConfig
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # v1 run directories have the same files and the axes (seed, inputs, lr)
+
+
+def option(default: Any, help: str, *, flag: str | None = None, parse: Callable[[str], Any] | None = None,
+           negate: bool = False, free: bool = False) -> Any:  # fmt: skip
+    """A config field with its command-line flag.
+
+    ``flag``: the flag's name (default ``--field-name``); ``parse``: str -> value (default: the
+    default's type); ``negate``: a bool field set False by ``--no-...`` (``flag``); ``free``: a
+    field ``--resume`` may change, since it does not change any number the run computes.
+    """
+    meta = {"help": help, "flag": flag, "parse": parse, "negate": negate, "free": free}
+    return field(default=default, metadata=meta)
+
+
+def _choice(names: Mapping[str, object] | tuple[str, ...], what: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if value not in names:
+            raise UsageError(f"unknown {what} {value!r}; choose one of {', '.join(names)}")
+        return value
+
+    return check
+
+
+def _input_names(text: str) -> tuple[str, ...]:
+    from scalelab.transforms import parse_transforms
+
+    return tuple(t.name for t in parse_transforms(text))
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "fashion_mnist"  # fashion_mnist | mnist | idx | tfds:<name>
-    data_dir: str | None = None
-    train_limit: int | None = None  # first N training examples, for quick runs
-    test_limit: int | None = None
+    name: str = option(
+        "fashion_mnist", flag="--data",
+        help="dataset: fashion_mnist, mnist, idx (any folder of the four IDX files, given by --data-dir), or "
+        "tfds:NAME read with tensorflow_datasets.data_source (no download)",
+    )  # fmt: skip
+    data_dir: str | None = option(
+        None, parse=str,
+        help="folder with train-images-idx3-ubyte[.gz] etc.; default search: $SCALELAB_DATA_DIR, "
+        "/usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist), data/fashion-mnist",
+    )  # fmt: skip
+    train_limit: int | None = option(None, "use the first N training examples", parse=cli.positive_int)
+    test_limit: int | None = option(None, "use the first N test examples", parse=cli.positive_int)
+
+    def __post_init__(self):
+        for flag, value in (("--train-limit", self.train_limit), ("--test-limit", self.test_limit)):
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise UsageError(f"{flag} {value!r} must be a whole number > 0")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    hidden: tuple[int, ...] = (128,)
-    activation: str = "relu"
-    init: str = "glorot-uniform"
+    hidden: tuple[int, ...] = option((128,), "hidden widths, e.g. 128 or 128,128", parse=cli.int_list)
+    activation: str = option("relu", "hidden activation: relu, sigmoid, tanh, gelu, identity")
+    init: str = option("glorot-uniform", "kernel initialiser: glorot-uniform (Keras), he-normal, lecun-normal")
+
+    def __post_init__(self):
+        from scalelab.models import make_model
+
+        make_model(self.hidden, 10, self.activation, self.init)  # names and widths checked once, here
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    loss: str = "keras-ce"
-    epochs: int = 5
-    batch_size: int = 32
-    patience: int = 0  # Keras EarlyStopping(patience) on the test loss; 0 = off
+    loss: str = option(
+        "keras-ce", "keras-ce (Keras' clipped cross-entropy), ce (exact, from logits), mse (softmax vs one-hot)"
+    )
+    epochs: int = option(5, "epochs", parse=cli.positive_int)
+    batch_size: int = option(32, "minibatch size (Keras' default)", parse=cli.positive_int)
+    patience: int = option(0, "early stopping on the test loss, Keras semantics (0 = off)", parse=cli.non_negative_int)
+
+    def __post_init__(self):
+        from scalelab.losses import get_loss
+
+        get_loss(self.loss)
+        for flag, value, low in (("--epochs", self.epochs, 1), ("--batch-size", self.batch_size, 1),
+                                 ("--patience", self.patience, 0)):  # fmt: skip
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise UsageError(f"{flag} {value!r} must be a whole number >= {low}")
 
 
 @dataclass(frozen=True)
 class GridConfig:
-    """The vmapped axes: every combination of seed x learning rate x input transform is a model."""
+    """The vmapped axes: every combination of seed x input transform x learning rate is a model.
 
-    inputs: tuple[str, ...] = ("/1", "/255", "/1000", "zscore", "pixel-zscore", "[-1,1]", "robust")
-    seeds: int = 3  # seeds 0..seeds-1
-    lrs: tuple[float, ...] = (1e-3,)
+    ``lrs=None`` means the optimiser's default learning rate (``optim.DEFAULT_LR``), resolved
+    when the ``RunConfig`` is built, so ``config.json`` always holds the numbers.
+    """
+
+    inputs: tuple[str, ...] = option(
+        ("/1", "/255", "/1000", "zscore", "pixel-zscore", "[-1,1]", "robust"), parse=_input_names,
+        help="comma-separated input transforms: /C with C > 0 (e.g. /1, /255, /1e3), zscore, pixel-zscore, "
+        "minmax, robust, [-1,1]",
+    )  # fmt: skip
+    seeds: int = option(3, "number of seeds, 0..N-1", parse=cli.positive_int)
+    lrs: tuple[float, ...] | None = option(
+        None, flag="--lr", parse=cli.float_list,
+        help="learning rate(s), comma-separated: a grid axis (default: adam/adamw/rmsprop 1e-3, sgd/momentum 1e-2)",
+    )  # fmt: skip
+
+    def __post_init__(self):
+        from scalelab.transforms import parse_transforms
+
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        parse_transforms(",".join(self.inputs))  # every name valid, none repeated
+        if not isinstance(self.seeds, int) or self.seeds <= 0:
+            raise UsageError(f"--seeds {self.seeds!r} must be a whole number > 0")
+        if self.lrs is not None:
+            object.__setattr__(self, "lrs", tuple(float(lr) for lr in self.lrs))
+            if not self.lrs or not all(0 < lr < float("inf") for lr in self.lrs):
+                raise UsageError(f"--lr {self.lrs}: every value must be a finite number > 0")
 
 
 @dataclass(frozen=True)
@@ -59,14 +154,65 @@ class CurvatureConfig:
     defaults cost roughly half an epoch of training per measurement on the default grid.
     """
 
-    enabled: bool = True
-    every: int = 0
-    examples: int = 256
-    top_k: int = 1
-    lanczos_steps: int = 16
-    trace_probes: int = 0
-    density_probes: int = 2  # stochastic Lanczos quadrature at init, for spectrum.json
-    density_steps: int = 32
+    enabled: bool = option(True, "measure nothing while training (no curvature.csv)", flag="--no-curvature",
+                           negate=True)  # fmt: skip
+    every: int = option(0, "also measure every K steps within each epoch (0: at init and after each epoch)",
+                        flag="--curvature-every", parse=cli.non_negative_int)  # fmt: skip
+    examples: int = option(256, "measure on the first N training examples", flag="--curvature-examples",
+                           parse=cli.positive_int)  # fmt: skip
+    top_k: int = option(1, "top Hessian eigenvalues to record", parse=cli.positive_int)
+    lanczos_steps: int = option(16, "Lanczos steps per eigenvalue run", parse=cli.positive_int)
+    trace_probes: int = option(0, "Hutchinson probes for the Hessian trace, 0 = none", parse=cli.non_negative_int)
+    density_probes: int = option(2, "stochastic Lanczos quadrature probes at init (spectrum.json), 0 = none",
+                                 parse=cli.non_negative_int)  # fmt: skip
+    density_steps: int = option(32, "Lanczos steps per density probe", parse=cli.positive_int)
+
+    def __post_init__(self):
+        if self.top_k > self.lanczos_steps:
+            raise UsageError(f"--top-k {self.top_k} needs at least as many --lanczos-steps (now {self.lanczos_steps})")
+        if self.trace_probes == 1:
+            raise UsageError("--trace-probes 1 gives no standard error; use 0 (no trace) or at least 2")
+        if self.every < 0 or self.examples <= 0:
+            raise UsageError("--curvature-every must be >= 0 and --curvature-examples > 0")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """What a run writes besides its metrics; none of it changes a number."""
+
+    save_params: bool = option(True, "do not keep every epoch's params in params/", flag="--no-save-params",
+                               negate=True, free=True)  # fmt: skip
+    checkpoint_every: int = option(1, "write metrics and a resumable checkpoint every N epochs",
+                                   parse=cli.positive_int, free=True)  # fmt: skip
+    report: bool = option(True, "do not write figures and report.md/html at the end", flag="--no-report",
+                          negate=True, free=True)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the grid is laid out on the hardware; results are the same for every choice (tested)."""
+
+    max_models_per_chunk: int | None = option(
+        None, "train at most this many models at once (default: as many as fit in memory)",
+        parse=cli.positive_int, free=True,
+    )  # fmt: skip
+    models_per_block: int | None = option(
+        None, "on a CPU, train N models at a time inside each compiled epoch, so their state stays in cache "
+        "(default: about 4 MiB of parameters and optimiser state; 0: all at once)",
+        parse=cli.non_negative_int, free=True,
+    )  # fmt: skip
+
+
+# Flags of the optimiser's fields (its class lives in scalelab.optim, beside the update rules).
+OPTIMIZER_OPTIONS: dict[str, dict[str, Any]] = {
+    "name": {"flag": "--optimizer", "help": f"{', '.join(OPTIMIZERS)} (Keras defaults)"},
+    "b1": {"help": "Adam's first-moment decay", "parse": cli.unit_fraction},
+    "b2": {"help": "Adam's second-moment decay", "parse": cli.unit_fraction},
+    "eps": {"help": "Adam/RMSprop epsilon (Keras' 1e-7; optax's own default is 1e-8)", "parse": cli.positive_float},
+    "momentum": {"help": "momentum's decay", "parse": cli.unit_fraction},
+    "rho": {"help": "RMSprop's decay", "parse": cli.unit_fraction},
+    "weight_decay": {"help": "AdamW's decoupled weight decay", "parse": cli.non_negative_float},
+}
 
 
 @dataclass(frozen=True)
@@ -77,38 +223,84 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     grid: GridConfig = field(default_factory=GridConfig)
     curvature: CurvatureConfig = field(default_factory=CurvatureConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+    def __post_init__(self):
+        if self.grid.lrs is None:
+            lrs = (DEFAULT_LR[self.optimizer.name],)
+            object.__setattr__(self, "grid", dataclasses.replace(self.grid, lrs=lrs))
+
+    @property
+    def lrs(self) -> tuple[float, ...]:
+        assert self.grid.lrs is not None  # resolved in __post_init__
+        return self.grid.lrs
+
+    @property
+    def num_models(self) -> int:
+        return self.grid.seeds * len(self.grid.inputs) * len(self.lrs)
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
-        version = raw.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ScalelabError(
-                f"config.json has schema version {version!r}, this scalelab reads version "
-                f"{SCHEMA_VERSION}; re-run the experiment with this version into a new --out"
+    def from_dict(cls, raw: Mapping[str, Any], base: RunConfig | None = None, source: str = "config.json") -> RunConfig:
+        """``base`` (default: the defaults) with every value of ``raw`` (config.json's layout).
+
+        A ``schema_version`` other than 1 or 2 is refused; v1 files (no output/engine sections)
+        read with those sections' defaults. Unknown sections or fields are refused by name.
+        """
+        version = raw.get("schema_version", SCHEMA_VERSION)
+        if version not in READABLE_VERSIONS:
+            raise UsageError(
+                f"{source} has schema version {version!r}, this scalelab reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}; re-run the experiment with this version into a new --out"
             )
+        base = base or cls()
+        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        changes = {}
+        for name, values in raw.items():
+            if name == "schema_version":
+                continue
+            if name not in sections:
+                raise UsageError(f"{source}: unknown section {name!r}; sections are {', '.join(sections)}")
+            if not isinstance(values, Mapping):
+                raise UsageError(f"{source}: section {name!r} must be a table of fields, not {values!r}")
+            changes[name] = _section_with(getattr(base, name), values, f"{source}: {name}")
+        renamed = "name" in raw.get("optimizer", {}) and changes["optimizer"].name != base.optimizer.name
+        if renamed and "lrs" not in raw.get("grid", {}):
+            # Another optimiser without learning rates gets its own default, as on the command line.
+            changes["grid"] = dataclasses.replace(changes.get("grid", base.grid), lrs=None)
         try:
-            return cls(
-                data=DataConfig(**raw["data"]),
-                model=_with_tuples(ModelConfig, raw["model"]),
-                optimizer=OptimizerConfig(**raw["optimizer"]),
-                train=TrainConfig(**raw["train"]),
-                grid=_with_tuples(GridConfig, raw["grid"]),
-                # Runs written before curvature was recorded measured nothing.
-                curvature=CurvatureConfig(**raw.get("curvature", {"enabled": False})),
-            )
-        except (KeyError, TypeError) as err:
-            raise ScalelabError(
-                f"config.json is not a scalelab run config ({err}); point at a run directory "
-                "written by experiments.scale_grid"
-            ) from None
+            return dataclasses.replace(base, **changes)
+        except TypeError as err:
+            raise UsageError(f"{source} is not a scalelab run config ({err})") from None
+
+    def differences(self, other: RunConfig) -> list[str]:
+        """Dotted names of the fields that differ and that ``--resume`` must refuse to change."""
+        return [name for name in config_differences(self, other) if name not in free_fields()]
 
 
-def _with_tuples(cls, raw: dict[str, Any]):
-    # JSON has no tuples; the dataclasses are frozen and hashable, so lists come back as tuples.
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+def _section_with(section, values: Mapping[str, Any], where: str):
+    known = {f.name: f for f in dataclasses.fields(section)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise UsageError(f"{where}: unknown field {unknown[0]!r}; fields are {', '.join(known)}")
+    typed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        return dataclasses.replace(section, **typed)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"{where}: {err}") from None
+
+
+def free_fields() -> set[str]:
+    """Dotted names of the fields ``--resume`` may change (``option(free=True)``)."""
+    return {
+        f"{section.name}.{f.name}"
+        for section in dataclasses.fields(RunConfig)
+        for f in dataclasses.fields(section.default_factory())  # type: ignore[misc]
+        if f.metadata.get("free")
+    }
 
 
 def config_differences(old: RunConfig, new: RunConfig) -> list[str]:
@@ -117,12 +309,32 @@ def config_differences(old: RunConfig, new: RunConfig) -> list[str]:
     return sorted(k for k in old_flat.keys() | new_flat.keys() if old_flat.get(k) != new_flat.get(k))
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     flat = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict):
+        if isinstance(value, Mapping):
             flat.update(_flatten(value, name + "."))
         else:
             flat[name] = tuple(value) if isinstance(value, list) else value
     return flat
+
+
+def read_config_file(path: Path, base: RunConfig | None = None) -> RunConfig:
+    """A TOML (``.toml``) or JSON file in config.json's layout (a run's own config.json works).
+
+    Sections and fields may be left out: they keep ``base``'s values (default: the defaults).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise UsageError(f"--config {path}: cannot read it ({err.strerror}); give a TOML or JSON file") from None
+    try:
+        raw = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+        kind = "TOML" if path.suffix == ".toml" else "JSON"
+        raise UsageError(f"--config {path} is not valid {kind} ({err}); fix the file") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"--config {path} must hold a table of sections (data, model, grid, ...)")
+    return RunConfig.from_dict(raw, base, source=f"--config {path}")

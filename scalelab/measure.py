@@ -16,6 +16,7 @@ enters the Krylov loops; its numbers are then discarded and its row says why (``
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -26,6 +27,7 @@ from scalelab import curvature as curv
 from scalelab.config import CurvatureConfig
 from scalelab.optim import OptimizerConfig
 from scalelab.probes import UnitProbes, unit_probes
+from scalelab.schema import Axis, axis_names
 from scalelab.train import Batch, Hypers, TrainState, batch_loss
 
 ADAM_LIKE = ("adam", "adamw")
@@ -119,7 +121,7 @@ def measurement_key(step: int) -> jax.Array:
 # Rows of curvature.csv
 # ---------------------------------------------------------------------------------------------
 
-IDENTITY_COLUMNS = ("model", "seed", "inputs", "lr", "epoch", "step", "skipped")
+POSITION_COLUMNS = ("epoch", "step", "skipped")  # after the model and its axes (scalelab.schema)
 SCALAR_PROBES = (
     "loss", "accuracy", "grad_norm", "mean_abs_logit", "max_logit_gap", "mean_max_prob", "clipped_wrong_frac",
     "clipped_frac", "predicted_class_frac",
@@ -132,9 +134,9 @@ LAYER_PROBES = (
 HIDDEN_PROBES = ("dead_frac", "always_on_frac", "saturated_frac", "preact_mean", "preact_std")
 
 
-def curvature_columns(num_hidden: int, top_k: int) -> list[str]:
-    """The columns of curvature.csv for ``num_hidden`` hidden layers and ``top_k`` eigenvalues."""
-    columns = [*IDENTITY_COLUMNS, *SCALAR_PROBES]
+def curvature_columns(axes: Sequence[Axis], num_hidden: int, top_k: int) -> list[str]:
+    """The columns of curvature.csv for a grid's ``axes``, ``num_hidden`` hidden layers and ``top_k`` eigenvalues."""
+    columns = ["model", *axis_names(axes), *POSITION_COLUMNS, *SCALAR_PROBES]
     for i in range(num_hidden + 1):
         columns += [f"{name}_{i}" for name, _ in LAYER_PROBES] + [f"layer_{i}_top_eig", f"layer_{i}_trace"]
     for j in range(num_hidden):

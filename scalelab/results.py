@@ -1,9 +1,13 @@
 """Run-directory I/O: every write is atomic (temp file + fsync + rename), so a run killed at any
 moment leaves either the previous complete file or the new one, never half of either.
 
-A run directory holds ``config.json`` (the RunConfig), ``metrics.csv`` (one row per model per
-epoch), ``summary.json`` (final values per model and per input transform), ``checkpoint.npz``
-(the whole grid state plus the rows so far, for ``--resume``) and ``status.json``.
+A run directory holds ``config.json`` (the RunConfig, schema version 2), ``metrics.csv`` (one row
+per model per epoch), ``curvature.csv`` (one row per model per measurement), ``spectrum.json``
+(spectral densities at init), ``summary.json`` (final values per model and per setting),
+``params/epoch_EEE.npz`` (every model's parameters after each epoch, 0 = init),
+``checkpoint.npz`` (the whole grid state plus the rows so far, for ``--resume``), ``status.json``
+and, once written, ``report.md``/``report.html`` and ``figures/``. The tables' columns and types
+come from ``scalelab.schema`` (the grid's named axes); this module only moves them to and from files.
 """
 
 from __future__ import annotations
@@ -14,18 +18,15 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from scalelab.config import RunConfig
-from scalelab.errors import ScalelabError
-
-METRIC_COLUMNS = (
-    "model", "seed", "inputs", "lr", "epoch", "train_loss", "train_acc", "test_loss", "test_acc",
-    "grad_norm", "stopped", "diverged",
-)  # fmt: skip
+from scalelab.errors import ScalelabError, UsageError
+from scalelab.schema import Axis, grid_axes, metric_columns, parse_curvature_value, parse_metrics_row
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
@@ -66,10 +67,6 @@ def read_json(path: Path) -> Any:
         raise ScalelabError(f"{path} is not valid JSON ({err}); the run directory is damaged") from None
 
 
-def metrics_csv(rows: list[dict[str, Any]]) -> str:
-    return rows_csv(rows, list(METRIC_COLUMNS))
-
-
 def rows_csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
@@ -79,27 +76,11 @@ def rows_csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return out.getvalue()
 
 
-CURVATURE_INTS = {"model", "seed", "step"}
-CURVATURE_STRS = {"inputs", "skipped"}
-
-
-def read_curvature(path: Path) -> list[dict[str, Any]]:
-    """Reads curvature.csv: model/seed/step as int, inputs/skipped as str, everything else float."""
+def read_curvature(path: Path, axes: Sequence[Axis]) -> list[dict[str, Any]]:
+    """Reads curvature.csv with every cell typed (``schema.parse_curvature_value``)."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    return [{k: _curvature_value(path, k, v) for k, v in row.items()} for row in rows]
-
-
-def _curvature_value(path: Path, key: str, text: str | None):
-    text = "" if text is None else text
-    if key in CURVATURE_STRS:
-        return text
-    try:
-        value = float(text) if text else math.nan
-    except ValueError:
-        raise ScalelabError(f"{path}: column {key!r} holds {text!r}, not a number; the file is damaged") from None
-    # A skipped row may hold nan even in an int column; it stays a float, and is filtered out later.
-    return int(value) if key in CURVATURE_INTS and value.is_integer() else value
+    return [{k: parse_curvature_value(k, v, axes, str(path)) for k, v in row.items()} for row in rows]
 
 
 def _csv_value(value):
@@ -110,18 +91,10 @@ def _csv_value(value):
     return value
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Reads metrics.csv back with numbers as numbers."""
+def read_metrics(path: Path, axes: Sequence[Axis]) -> list[dict[str, Any]]:
+    """Reads metrics.csv back with numbers as numbers (``schema.parse_metrics_row``)."""
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    ints, bools, strs = {"model", "seed", "epoch"}, {"stopped", "diverged"}, {"inputs"}
-    parsed = []
-    for row in rows:
-        parsed.append({
-            k: int(v) if k in ints else bool(int(v)) if k in bools else v if k in strs else float(v)
-            for k, v in row.items()
-        })  # fmt: skip
-    return parsed
+        return [parse_metrics_row(row, axes) for row in csv.DictReader(f)]
 
 
 class RunDir:
@@ -164,7 +137,14 @@ class RunDir:
         return run
 
     def config(self) -> RunConfig:
-        return RunConfig.from_dict(read_json(self.config_path))
+        try:
+            return RunConfig.from_dict(read_json(self.config_path), source=str(self.config_path))
+        except UsageError as err:  # a damaged or foreign run directory is a runtime error, not a usage one
+            raise ScalelabError(str(err)) from None
+
+    @property
+    def axes(self) -> tuple[Axis, ...]:
+        return grid_axes(self.config())
 
     def write_status(self, state: str, **extra) -> None:
         write_json(self.status_path, {"state": state, **extra})
@@ -172,13 +152,13 @@ class RunDir:
     def status(self) -> dict[str, Any]:
         return read_json(self.status_path) if self.status_path.exists() else {"state": "unknown"}
 
-    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
-        atomic_write_text(self.metrics_path, metrics_csv(rows))
+    def write_metrics(self, rows: list[dict[str, Any]], axes: Sequence[Axis]) -> None:
+        atomic_write_text(self.metrics_path, rows_csv(rows, metric_columns(axes)))
 
     def metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
             raise ScalelabError(f"{self.metrics_path} is missing; the run has not finished an epoch")
-        return read_metrics(self.metrics_path)
+        return read_metrics(self.metrics_path, self.axes)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json(self.summary_path, _json_safe(summary))
@@ -189,7 +169,7 @@ class RunDir:
     def curvature(self) -> list[dict[str, Any]]:
         if not self.curvature_path.exists():
             raise ScalelabError(f"{self.curvature_path} is missing; the run recorded no curvature (--no-curvature?)")
-        return read_curvature(self.curvature_path)
+        return read_curvature(self.curvature_path, self.axes)
 
     def add_spectrum(self, entries: list[dict[str, Any]]) -> None:
         """Adds (or replaces) models' spectral densities in spectrum.json; chunks arrive one by one."""
@@ -266,44 +246,3 @@ def _json_safe(obj):
     if isinstance(obj, list | tuple):
         return [_json_safe(v) for v in obj]
     return obj
-
-
-FINAL_FIELDS = ("train_loss", "train_acc", "test_loss", "test_acc", "grad_norm")
-
-
-def final_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each model's row at the last epoch it trained (its stop or divergence epoch, else the last)."""
-    by_model: dict[int, list[dict]] = {}
-    for row in rows:
-        by_model.setdefault(row["model"], []).append(row)
-    finals = []
-    for model_rows in by_model.values():
-        model_rows = sorted(model_rows, key=lambda r: r["epoch"])
-        ended = [r for r in model_rows if r["stopped"] or r["diverged"]]
-        finals.append(ended[0] if ended else model_rows[-1])
-    return sorted(finals, key=lambda r: r["model"])
-
-
-def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Final values per model, and mean/min/max over models per input transform (and lr).
-
-    Aggregates are over the models that did not diverge; ``diverged`` counts the others.
-    """
-    finals = final_rows(rows)
-    groups: dict[tuple[str, float], list[dict]] = {}
-    for row in finals:
-        groups.setdefault((row["inputs"], row["lr"]), []).append(row)
-    per_group = []
-    for (inputs, lr), members in groups.items():
-        healthy = [r for r in members if not r["diverged"]]
-        entry = {"inputs": inputs, "lr": lr, "models": len(members), "diverged": len(members) - len(healthy),
-                 "stopped": sum(r["stopped"] for r in members)}  # fmt: skip
-        for field in FINAL_FIELDS:
-            values = np.array([r[field] for r in healthy], dtype=np.float64)
-            entry[field] = (
-                {"mean": float(values.mean()), "min": float(values.min()), "max": float(values.max())}
-                if len(values)
-                else None
-            )
-        per_group.append(entry)
-    return {"models": finals, "by_inputs": per_group}

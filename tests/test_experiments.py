@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import keras_faq, lr_equivalence, preprocess_compare, scale_grid
+from experiments import common, keras_faq, lr_equivalence, preprocess_compare
 from tests.conftest import write_idx_folder
 
 NUM_TRAIN, NUM_TEST = 256, 64
@@ -134,7 +134,7 @@ def faq_run(data_dir, tmp_path_factory):
     reports = []
     argv = ["--quick", *data_flags(data_dir), "--train-limit", NUM_TRAIN, "--test-limit", NUM_TEST, *FAST]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(scale_grid, "write_report", lambda run_dir: reports.append(Path(run_dir)))
+        mp.setattr(common, "write_report", lambda run_dir: reports.append(Path(run_dir)))
         code = keras_faq.main([str(a) for a in [*argv, "--out", out]])
     assert code == 0
     return out, reports

@@ -166,7 +166,7 @@ def test_models_per_block_is_the_request_capped_at_the_grid(num_models, requeste
 
 
 def test_a_lone_cpu_blocks_models_to_its_cache_budget_and_an_explicit_block_wins(tiny_dataset):
-    from scalelab.runner import CPU_BLOCK_BYTES
+    from scalelab.planning import CPU_BLOCK_BYTES
 
     if jax.device_count() > 1 or jax.devices()[0].platform != "cpu":
         pytest.skip("automatic blocks are for a lone CPU device")

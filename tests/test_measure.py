@@ -34,7 +34,7 @@ def config(**overrides) -> RunConfig:
 
 def grid_state(plan, seeds=(0, 1)):
     init_keys, _ = grid_lib.seed_keys(seeds)
-    return grid_lib.init_grid(plan.program, init_keys, len(plan.variants), plan.data.train_x.shape[1])
+    return grid_lib.init_grid(plan.program, init_keys, plan.num_variants, plan.data.train_x.shape[1])
 
 
 def test_segments_cover_the_epoch_with_at_most_two_lengths():
@@ -87,7 +87,7 @@ def test_measured_top_eigenvalues_match_the_dense_hessian(tiny_dataset):
     m = jax.jit(measure.measure_grid, static_argnums=(0, 1, 2))(
         plan.program, settings, plan.config.optimizer, states, hypers, batch, measure.measurement_key(0)
     )
-    for v in range(len(plan.variants)):
+    for v in range(plan.num_variants):
         params = jax.tree.map(lambda x, v=v: np.asarray(x[0, v], np.float64), states.params)
         flat, unravel = jax.flatten_util.ravel_pytree(params)
         h = jax.tree.map(lambda x, v=v: np.asarray(x[v], np.float64), plan.hypers)
@@ -119,7 +119,7 @@ def test_run_records_init_every_k_steps_and_epoch_ends(tiny_dataset, tmp_path):
     assert len(recorded) == len(expected_steps) * 4
     with open(run.curvature_path) as f:
         header = next(csv.reader(f))
-    assert header == measure.curvature_columns(1, SETTINGS.top_k)
+    assert header == measure.curvature_columns(plan.axes, 1, SETTINGS.top_k)
     for r in recorded:
         assert r["epoch"] == pytest.approx(r["step"] / steps)
         assert r["skipped"] == ""

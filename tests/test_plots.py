@@ -8,7 +8,10 @@ from matplotlib.collections import PolyCollection
 from matplotlib.container import ErrorbarContainer
 
 from analysis import plots
+from scalelab.config import RunConfig
 from scalelab.errors import ScalelabError
+from scalelab.results import read_curvature
+from scalelab.schema import grid_axes
 from tests.rundir_factory import MAX_STEP, Outcome, RunSpec, epoch_loss, write_run
 
 OUTCOMES = {
@@ -57,7 +60,7 @@ def test_read_curvature_names_the_column_of_a_damaged_file(tmp_path):
     path = tmp_path / "curvature.csv"
     path.write_text("model,seed,inputs,lr,step,skipped,loss\n0,0,/1,0.001,0,,oops\n")
     with pytest.raises(ScalelabError, match="'loss'"):
-        plots.read_curvature(path)
+        read_curvature(path, grid_axes(RunConfig()))
 
 
 @pytest.mark.parametrize(("name", "divisor"), [("/1", 1.0), ("/1e3", 1000.0), ("zscore", None), ("[-1,1]", None)])

@@ -86,11 +86,11 @@ def test_disk_full_mid_run_exits_1_and_keeps_the_last_complete_epoch(idx_folder,
     error_lines = [line for line in err.splitlines() if "error" in line]
     assert code == 1 and len(error_lines) == 1
     assert "No space left" in error_lines[0] and "--resume" in error_lines[0] and "Traceback" not in err
-    rows = results.read_metrics(run / "metrics.csv")
+    rows = results.RunDir(run).metrics()
     assert {r["epoch"] for r in rows} == {1} and len(rows) == 6
     monkeypatch.setattr(results.os, "fsync", real_fsync)
     code, _ = run_cli(["--resume", run, "--no-progress"], capsys)
-    assert code == 0 and {r["epoch"] for r in results.read_metrics(run / "metrics.csv")} == {1, 2}
+    assert code == 0 and {r["epoch"] for r in results.RunDir(run).metrics()} == {1, 2}
 
 
 def test_ctrl_c_stops_at_an_epoch_boundary_saves_and_says_how_to_resume(tmp_path):
@@ -108,7 +108,7 @@ def test_ctrl_c_stops_at_an_epoch_boundary_saves_and_says_how_to_resume(tmp_path
     assert f"--resume {run}" in err and "Traceback" not in err
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "interrupted"
-    rows = results.read_metrics(run / "metrics.csv")
+    rows = results.RunDir(run).metrics()
     assert max(r["epoch"] for r in rows) == _checkpoint_epoch(run) < 6
 
 

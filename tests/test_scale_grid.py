@@ -30,7 +30,7 @@ def test_cli_writes_config_metrics_and_summary(idx_folder, tmp_path, capsys):
     assert len(rows) == 2 * 3 * 2  # seeds x inputs x epochs
     assert {r["inputs"] for r in rows} == {"/1", "/255", "[-1,1]"}
     summary = json.loads((out / "summary.json").read_text())
-    assert len(summary["models"]) == 6 and len(summary["by_inputs"]) == 3
+    assert len(summary["models"]) == 6 and len(summary["groups"]) == 3
     config = json.loads((out / "config.json").read_text())
     assert config["grid"]["inputs"] == ["/1", "/255", "[-1,1]"] and config["train"]["epochs"] == 2
     assert "[-1,1]" in stdout and "test loss" in stdout
@@ -98,7 +98,7 @@ def test_quick_run_on_real_fashion_mnist(tmp_path, capsys):
     code, stdout, _ = run_cli(["--quick", "--no-progress", "--no-report", "--out", tmp_path / "q"], capsys)
     assert code == 0
     summary = json.loads((tmp_path / "q" / "summary.json").read_text())
-    by = {g["inputs"]: g for g in summary["by_inputs"]}
+    by = {g["inputs"]: g for g in summary["groups"]}
     # Even 2048 examples x 2 epochs separate /255 from raw pixels.
     assert by["/255"]["test_acc"]["mean"] > 0.6
     assert by["/1"]["test_loss"]["mean"] > 3 * by["/255"]["test_loss"]["mean"]

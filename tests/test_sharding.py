@@ -17,7 +17,7 @@ import pytest
 
 from scalelab import sharding
 from scalelab.errors import UsageError
-from scalelab.results import RunDir, read_metrics
+from scalelab.results import RunDir
 from scalelab.train import ModelStatus, TrainState
 from tests.sharded_check import GRIDS
 
@@ -101,14 +101,14 @@ def test_use_host_cores_gives_one_cpu_device_per_core_unless_a_count_is_chosen(e
 
 
 def test_curvature_of_a_grid_on_several_cpu_devices_is_measured_on_one():
-    """jaxlib's CPU eigh can hang when two host devices run it at once (runner.measuring_placement)."""
+    """jaxlib's CPU eigh can hang when two host devices run it at once (recording.measuring_placement)."""
     code = """
 from types import SimpleNamespace
 import jax, numpy as np
-from scalelab import runner, sharding
+from scalelab import recording, sharding
 mesh = sharding.make_mesh(sharding.plan_layout(2, 1, 2))
 x = sharding.place(np.ones((2, 1, 3)), sharding.grid_shardings(mesh).states)
-y = runner.measuring_placement(SimpleNamespace(program=SimpleNamespace(mesh=mesh)), x)
+y = recording.measuring_placement(SimpleNamespace(program=SimpleNamespace(mesh=mesh)), x)
 print(len(x.sharding.device_set), len(y.sharding.device_set), bool((np.asarray(y) == 1).all()))
 """
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
@@ -247,7 +247,7 @@ def test_scale_grid_on_four_devices_writes_what_one_device_writes(idx_folder, tm
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
         subprocess.run([sys.executable, "-m", "experiments.scale_grid", *flags, "--out", str(out)],
                        check=True, cwd=ROOT, env=env, capture_output=True)  # fmt: skip
-        runs[devices] = (read_metrics(out / "metrics.csv"), RunDir(out).curvature())
+        runs[devices] = (RunDir(out).metrics(), RunDir(out).curvature())
     (one_rows, one_curv), (many_rows, many_curv) = runs[1], runs[NUM_DEVICES]
     assert len(one_rows) == len(many_rows) == 18 and len(one_curv) == len(many_curv) == 27
     for a, b in zip(one_rows, many_rows, strict=True):

@@ -1,0 +1,89 @@
+"""What every experiment shares: its command line (generated from the config classes), its
+output folder, and the end of a multi-run study (summary, table, reports).
+
+An experiment is a small named config (or a few) plus its own analysis. Its command line is
+every ``RunConfig`` field as a flag (``scalelab.flags``) applied on top of the experiment's own
+configs, plus ``--config FILE``, ``--out``, ``--quick`` (the experiment's preset),
+``--no-progress`` and ``--debug``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scalelab import cli, flags
+from scalelab.config import RunConfig, read_config_file
+from scalelab.errors import UsageError
+from scalelab.results import write_json
+
+
+def build_parser(prog: str, doc: str, quick: flags.Overrides, *, out_help: str) -> cli.Parser:
+    p = cli.Parser(prog=f"python -m experiments.{prog}", description=doc.split("\n\n")[0])
+    flags.add_config_flags(p)
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="a TOML or JSON config over the experiment's own; flags given as well override it")  # fmt: skip
+    p.add_argument("--out", type=Path, help=out_help)
+    p.add_argument("--quick", action="store_true", help="seconds-long run: " + flags.describe(quick))
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def resolve(args, base: RunConfig, quick: flags.Overrides) -> RunConfig:
+    """``base`` with, in order, ``--config FILE``, the ``quick`` preset (with --quick) and the flags."""
+    if getattr(args, "config", None) is not None:
+        base = read_config_file(args.config, base)
+    layers = [quick] if args.quick else []
+    return flags.apply(base, flags.merge(*layers, flags.given(args)))
+
+
+def output_folder(args, prog: str, subdirs: Iterable[str]) -> Path:
+    """``--out`` (or a timestamped default), refused if it already holds any of this experiment's runs."""
+    out = args.out or Path("runs") / f"{prog}-{time.strftime('%Y%m%d-%H%M%S')}"
+    taken = [name for name in ("summary.json", *(f"{s}/config.json" for s in subdirs)) if (out / name).exists()]
+    if taken:
+        raise UsageError(f"{out} already holds {taken[0]}; choose another --out")
+    return out
+
+
+def write_report(run_dir: Path) -> None:
+    """Figures and report.md/html of a finished run (``python -m analysis.report`` does the same)."""
+    from analysis import report
+
+    report.write_report(run_dir)
+
+
+def finish_study(out: Path, summary: dict[str, Any], table: str, subruns: Iterable[str], reports: bool) -> None:
+    """Writes ``out/summary.json``, prints the table and where everything is, then each finished
+    sub-run's report (figures, report.md/html) with ``reports``."""
+    subruns = list(subruns)
+    write_json(out / "summary.json", summary)
+    if reports:
+        for name in subruns:
+            write_report(out / name)
+    print(table)
+    inside = "summary.json; report.html in each of " if reports else "summary.json; sub-runs "
+    print(f"\noutput: {out} ({inside}{', '.join(subruns)})")
+
+
+def stat(values) -> dict[str, float] | None:
+    """mean/min/max of the finite values, or None when there are none."""
+    values = np.asarray([v for v in values if v is not None], np.float64)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return None
+    return {"mean": float(values.mean()), "min": float(values.min()), "max": float(values.max())}
+
+
+def cell(s: dict[str, float] | None, fmt: str = ".3f") -> str:
+    return "n/a" if s is None else f"{s['mean']:{fmt}} [{s['min']:{fmt}},{s['max']:{fmt}}]"
+
+
+def say(prog: str, message: str) -> None:
+    print(f"{prog}: {message}", file=sys.stderr)

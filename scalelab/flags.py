@@ -1,0 +1,107 @@
+"""Command-line flags generated from the config dataclasses (``scalelab.config``).
+
+Every field of every section of ``RunConfig`` is one flag (named by its ``option``, else
+``--field-name``); a flag left out keeps the base config's value, so the order of precedence is
+defaults < ``--config FILE`` (or the resumed run's config.json) < a preset such as ``--quick`` <
+explicit flags. Adding a field to a config class adds its flag to every entry point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from scalelab.config import OPTIMIZER_OPTIONS, RunConfig
+
+Overrides = dict[str, dict[str, Any]]  # {section: {field: value}}, config.json's layout
+
+
+@dataclass(frozen=True)
+class Flag:
+    section: str
+    field: str
+    flag: str
+    help: str
+    parse: Callable[[str], Any] | None
+    negate: bool  # a bool field that the flag sets to False
+
+    @property
+    def dest(self) -> str:
+        return f"{self.section}.{self.field}"
+
+
+def config_flags(defaults: RunConfig | None = None) -> Iterator[Flag]:
+    """One ``Flag`` per field of every section of ``RunConfig``, in the classes' order."""
+    defaults = defaults or RunConfig()
+    for section in dataclasses.fields(RunConfig):
+        values = getattr(defaults, section.name)
+        for f in dataclasses.fields(values):
+            meta = {**f.metadata, **(OPTIMIZER_OPTIONS.get(f.name, {}) if section.name == "optimizer" else {})}
+            default = getattr(values, f.name)
+            parse = meta.get("parse") or (type(default) if isinstance(default, int | float | str) else str)
+            yield Flag(section.name, f.name, meta.get("flag") or "--" + f.name.replace("_", "-"),
+                       _help(meta.get("help", ""), default, meta.get("negate", False)), parse,
+                       bool(meta.get("negate")))  # fmt: skip
+
+
+def _help(text: str, default: Any, negate: bool) -> str:
+    if negate:
+        return text
+    if isinstance(default, tuple):
+        default = ",".join(map(str, default))
+    return f"{text} (default {default})" if default is not None else text
+
+
+def add_config_flags(parser: argparse.ArgumentParser, defaults: RunConfig | None = None) -> None:
+    """Adds every config flag to ``parser``; each defaults to None (= not given)."""
+    groups: dict[str, Any] = {}
+    for flag in config_flags(defaults):
+        group = groups.setdefault(flag.section, parser.add_argument_group(f"{flag.section} (config section)"))
+        if flag.negate:
+            group.add_argument(flag.flag, dest=flag.dest, action="store_const", const=False, help=flag.help)
+        else:
+            metavar = flag.field.upper().replace("_", "-")
+            group.add_argument(flag.flag, dest=flag.dest, type=flag.parse, help=flag.help, metavar=metavar)
+
+
+def given(args: argparse.Namespace) -> Overrides:
+    """The config flags given on the command line, in config.json's layout."""
+    out: Overrides = {}
+    for flag in config_flags():
+        value = getattr(args, flag.dest, None)
+        if value is not None:
+            out.setdefault(flag.section, {})[flag.field] = value
+    return out
+
+
+def merge(*layers: Mapping[str, Mapping[str, Any]]) -> Overrides:
+    """Later layers win, field by field."""
+    out: Overrides = {}
+    for layer in layers:
+        for section, values in layer.items():
+            out.setdefault(section, {}).update(values)
+    return out
+
+
+def apply(base: RunConfig, overrides: Mapping[str, Mapping[str, Any]]) -> RunConfig:
+    """``base`` with ``overrides``; curvature flags switch curvature on where the base has it off."""
+    overrides = merge(overrides)
+    curvature = overrides.get("curvature", {})
+    if curvature and "enabled" not in curvature and not base.curvature.enabled:
+        curvature["enabled"] = True
+    return RunConfig.from_dict(overrides, base, source="the command line")
+
+
+def describe(overrides: Mapping[str, Mapping[str, Any]]) -> str:
+    """``--flag value`` text of a preset, for --help."""
+    by_dest = {flag.dest: flag for flag in config_flags()}
+    parts = []
+    for section, values in overrides.items():
+        for name, value in values.items():
+            flag = by_dest[f"{section}.{name}"]
+            text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+            parts.append(flag.flag if flag.negate else f"{flag.flag} {text}")
+    return ", ".join(parts)

@@ -1,0 +1,163 @@
+"""Planning a grid: a config resolved against its data, before anything touches a device.
+
+``plan_grid`` turns a ``RunConfig`` and a dataset into a ``GridPlan``: the compiled program's
+static parts (``grid.Program``), the grid's named axes and models (``scalelab.schema``), the
+vmapped constants of every variant (input transform and learning rate) and the uint8 arrays.
+``split_chunks`` (in ``grid``) and the memory estimate here decide how many models train at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+
+from scalelab import grid as grid_lib
+from scalelab.config import RunConfig
+from scalelab.errors import UsageError
+from scalelab.losses import get_loss
+from scalelab.models import count_params, make_model
+from scalelab.optim import make_direction
+from scalelab.schema import Axis, ModelId, grid_axes, grid_models
+from scalelab.train import Hypers
+from scalelab.transforms import fit_affine, parse_transform
+
+
+@dataclass(frozen=True)
+class GridPlan:
+    """A config resolved against its data: the compiled program, the axes and the constants.
+
+    The engine sees the grid as (S, V): S seeds, and V variants (input transform x lr) per seed;
+    model ``s * V + v`` is ``models[s * V + v]``, the product of ``axes`` in their order.
+    """
+
+    config: RunConfig
+    program: grid_lib.Program
+    axes: tuple[Axis, ...]
+    hypers: Hypers  # numpy, leading axis V
+    data: grid_lib.DeviceData  # numpy; put on the device by the caller
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return self.axes[0].values
+
+    @property
+    def num_variants(self) -> int:
+        return len(self.hypers.lr)
+
+    @property
+    def models(self) -> list[ModelId]:
+        return grid_models(self.axes)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.program.num_steps(self.data.train_x.shape[0])
+
+
+def prepare_arrays(dataset, config: RunConfig):
+    """Flattens and limits the dataset: (train_x, train_y, test_x, test_y) as uint8/int32."""
+    train_x = dataset.train_images.reshape(len(dataset.train_images), -1)
+    test_x = dataset.test_images.reshape(len(dataset.test_images), -1)
+    train_y = dataset.train_labels.astype(np.int32)
+    test_y = dataset.test_labels.astype(np.int32)
+    limit, test_limit = config.data.train_limit, config.data.test_limit
+    for name, value, available in (("--train-limit", limit, len(train_x)), ("--test-limit", test_limit, len(test_x))):
+        if value is not None and not 0 < value <= available:
+            raise UsageError(f"{name} {value} must be between 1 and {available} (the split's size)")
+    if limit is not None:
+        train_x, train_y = train_x[:limit], train_y[:limit]
+    if test_limit is not None:
+        test_x, test_y = test_x[:test_limit], test_y[:test_limit]
+    if config.train.batch_size > len(train_x):
+        raise UsageError(
+            f"--batch-size {config.train.batch_size} is larger than the {len(train_x)} training "
+            "examples; lower it or raise --train-limit"
+        )
+    return train_x, train_y, test_x, test_y
+
+
+def variant_hypers(config: RunConfig, train_x: np.ndarray) -> Hypers:
+    """The vmapped constants of every variant (transform x lr, lr fastest), leading axis V."""
+    constants = [fit_affine(parse_transform(name), train_x) for name in config.grid.inputs]
+    per_variant = [(c, lr) for c in constants for lr in config.lrs]
+    return Hypers(
+        shift=np.stack([c.shift for c, _ in per_variant]),  # type: ignore[arg-type]
+        scale=np.stack([c.scale for c, _ in per_variant]),  # type: ignore[arg-type]
+        lr=np.asarray([lr for _, lr in per_variant], np.float32),  # type: ignore[arg-type]
+    )
+
+
+def make_program(config: RunConfig, num_classes: int) -> grid_lib.Program:
+    """The static part of the grid: model, loss, optimiser direction, batch size, patience."""
+    return grid_lib.Program(
+        model=make_model(config.model.hidden, num_classes, config.model.activation, config.model.init),
+        loss_fn=get_loss(config.train.loss),
+        direction=make_direction(config.optimizer),
+        batch_size=config.train.batch_size,
+        patience=config.train.patience,
+    )
+
+
+def plan_grid(config: RunConfig, dataset, models_per_block: int | None = None) -> GridPlan:
+    """Everything a run needs before touching the device; ``models_per_block`` None: the
+    config's (``engine.models_per_block``), else automatic."""
+    train_x, train_y, test_x, test_y = prepare_arrays(dataset, config)
+    program = make_program(config, dataset.num_classes)
+    if models_per_block is None:
+        models_per_block = config.engine.models_per_block
+    if models_per_block is None:
+        models_per_block = auto_models_per_block(program, train_x.shape[1])
+    return GridPlan(
+        config=config,
+        program=dataclasses.replace(program, models_per_block=models_per_block),
+        axes=grid_axes(config),
+        hypers=variant_hypers(config, train_x),
+        data=grid_lib.DeviceData(train_x, train_y, test_x, test_y),  # type: ignore[arg-type]
+    )
+
+
+def plan_chunks(plan: GridPlan) -> list[tuple[slice, slice]]:
+    """The (seed slice, variant slice) chunks trained one after another."""
+    limit = plan.config.engine.max_models_per_chunk or auto_chunk(plan)
+    return grid_lib.split_chunks(len(plan.seeds), plan.num_variants, limit)
+
+
+# What the models stepped together touch at every step (parameters, gradients, two optimiser
+# moments, the minibatch and its activations) should stay in the CPU's last-level cache from one
+# step to the next. On the 2-core EPYC this was tuned on (32 MiB L3, shared) blocks of ~4 MiB were
+# fastest (experiments.bench --models-per-block): 2 default MLPs at batch 32, 1 at batch 256.
+CPU_BLOCK_BYTES = 4 * 2**20
+
+
+def auto_models_per_block(program: grid_lib.Program, input_dim: int) -> int:
+    """Models per block on each CPU device; 0 (all at once) on accelerators.
+
+    Blocks are a CPU cache optimisation (each device steps its own share of the grid block by
+    block, ``grid.train_steps``). On a GPU every model of the grid runs in parallel.
+    """
+    if jax.devices()[0].platform != "cpu":
+        return 0
+    state = 4 * count_params(program.model, input_dim) * 4  # float32 params, grads, two moments
+    widths = (*program.model.hidden, program.model.num_classes)
+    activations = program.batch_size * (2 * input_dim + 3 * sum(widths)) * 4  # raw + transformed batch, z, a, dz
+    return max(1, CPU_BLOCK_BYTES // (state + activations))
+
+
+def auto_chunk(plan: GridPlan) -> int:
+    """How many models fit in half the device's memory (all of them, on most machines)."""
+    num_params = count_params(plan.program.model, plan.data.train_x.shape[1])
+    per_model = grid_lib.estimate_bytes_per_model(
+        num_params, plan.config.model.hidden, plan.program.batch_size, plan.program.eval_chunk
+    )
+    return max(1, int(0.5 * device_memory_bytes() // per_model))
+
+
+def device_memory_bytes() -> int:
+    """Memory the grid may use: every accelerator's limit (the models are sharded), else the RAM."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) * jax.device_count()
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -1,0 +1,180 @@
+"""The run directory's schema: the grid's named axes, the models on them, and the typed tables.
+
+A grid is the product of its named axes (today ``seed``, ``inputs`` and ``lr``, in that order;
+``grid_axes``). Every model is a ``ModelId``: its flat index in that product and its value on
+each axis. Every table of a run directory (``metrics.csv``, ``curvature.csv``, the models of
+``summary.json`` and ``spectrum.json``) starts with the ``model`` column and one column per
+axis, so readers take the axes from here and never spell them out.
+
+``config.json`` carries ``schema_version`` 2. Version 1 directories (written before the
+output/engine config sections existed) have the same tables and axes and are read as they are.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from scalelab.config import RunConfig
+from scalelab.errors import ScalelabError
+
+SEED = "seed"
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One named axis of a grid: its values, in order, and their type (int, float or str)."""
+
+    name: str
+    values: tuple[Any, ...]
+    kind: type
+
+    def parse(self, text: str) -> Any:
+        return self.kind(text) if self.kind is not int else int(float(text))
+
+
+def grid_axes(config: RunConfig) -> tuple[Axis, ...]:
+    """The axes of ``config``'s grid, seed first; the model index runs over their product."""
+    return (
+        Axis(SEED, tuple(range(config.grid.seeds)), int),
+        Axis("inputs", config.grid.inputs, str),
+        Axis("lr", tuple(float(lr) for lr in config.lrs), float),
+    )
+
+
+@dataclass(frozen=True)
+class ModelId:
+    """One model of the grid: its flat index and its value on every axis (``model['lr']``)."""
+
+    index: int
+    coords: tuple[tuple[str, Any], ...]
+
+    def __getitem__(self, axis: str) -> Any:
+        return dict(self.coords)[axis]
+
+    @property
+    def columns(self) -> dict[str, Any]:
+        """The identity columns every table starts with: ``model`` and one per axis."""
+        return {"model": self.index, **dict(self.coords)}
+
+    @property
+    def setting(self) -> tuple[Any, ...]:
+        """Its values on every axis but the seed: models that differ only by seed share it."""
+        return tuple(value for name, value in self.coords if name != SEED)
+
+
+def grid_models(axes: Sequence[Axis]) -> list[ModelId]:
+    """Every model of the product of ``axes``, the last axis varying fastest."""
+    names = [a.name for a in axes]
+    return [
+        ModelId(i, tuple(zip(names, values, strict=True)))
+        for i, values in enumerate(itertools.product(*(a.values for a in axes)))
+    ]
+
+
+def axis_names(axes: Sequence[Axis]) -> tuple[str, ...]:
+    return tuple(a.name for a in axes)
+
+
+def setting_axes(axes: Sequence[Axis]) -> tuple[Axis, ...]:
+    """The axes that define a setting: all but the seed (seeds are repetitions of a setting)."""
+    return tuple(a for a in axes if a.name != SEED)
+
+
+# ---------------------------------------------------------------------------- tables
+
+METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "grad_norm", "stopped", "diverged")
+FLAG_COLUMNS = ("stopped", "diverged")
+
+
+def metric_columns(axes: Sequence[Axis]) -> list[str]:
+    """The columns of metrics.csv, in order."""
+    return ["model", *axis_names(axes), *METRIC_FIELDS]
+
+
+def parse_metrics_row(row: Mapping[str, str], axes: Sequence[Axis]) -> dict[str, Any]:
+    """One metrics.csv row with its columns typed: ints, axis values, bools and floats."""
+    kinds = {a.name: a for a in axes}
+    out: dict[str, Any] = {}
+    for key, text in row.items():
+        if key in kinds:
+            out[key] = kinds[key].parse(text)
+        elif key in ("model", "epoch"):
+            out[key] = int(text)
+        elif key in FLAG_COLUMNS:
+            out[key] = bool(int(text))
+        else:
+            out[key] = float(text)
+    return out
+
+
+CURVATURE_INTS = {"model", "step"}
+CURVATURE_STRS = {"skipped"}
+
+
+def parse_curvature_value(key: str, text: str | None, axes: Sequence[Axis], where: str) -> Any:
+    """One curvature.csv cell: axis values by their axis, model/step as int, skipped as str, else float."""
+    text = "" if text is None else text
+    kinds = {a.name: a for a in axes}
+    if key in CURVATURE_STRS or (key in kinds and kinds[key].kind is str):
+        return text
+    try:
+        value = float(text) if text else math.nan
+    except ValueError:
+        raise ScalelabError(f"{where}: column {key!r} holds {text!r}, not a number; the file is damaged") from None
+    # A skipped row may hold nan even in an int column; it stays a float, and is filtered out later.
+    is_int = key in CURVATURE_INTS or (key in kinds and kinds[key].kind is int)
+    return int(value) if is_int and value.is_integer() else value
+
+
+# ---------------------------------------------------------------------------- summary.json
+
+FINAL_FIELDS = ("train_loss", "train_acc", "test_loss", "test_acc", "grad_norm")
+
+
+def final_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each model's row at the last epoch it trained (its stop or divergence epoch, else the last)."""
+    by_model: dict[int, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_model.setdefault(row["model"], []).append(row)
+    finals = []
+    for model_rows in by_model.values():
+        model_rows = sorted(model_rows, key=lambda r: r["epoch"])
+        ended = [r for r in model_rows if r["stopped"] or r["diverged"]]
+        finals.append(dict(ended[0] if ended else model_rows[-1]))
+    return sorted(finals, key=lambda r: r["model"])
+
+
+def _stat(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    array = np.asarray(values, dtype=np.float64)
+    return {"mean": float(array.mean()), "min": float(array.min()), "max": float(array.max())}
+
+
+def summarize(rows: Iterable[Mapping[str, Any]], axes: Sequence[Axis]) -> dict[str, Any]:
+    """Final values per model, and mean/min/max over seeds per setting (every other axis).
+
+    Aggregates are over the models that did not diverge; ``diverged`` counts the others.
+    ``groups`` is keyed by the setting axes' columns (today ``inputs`` and ``lr``).
+    """
+    finals = final_rows(rows)
+    names = axis_names(setting_axes(axes))
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in finals:
+        groups.setdefault(tuple(row[n] for n in names), []).append(row)
+    per_group = []
+    for key, members in groups.items():
+        healthy = [r for r in members if not r["diverged"]]
+        entry: dict[str, Any] = dict(zip(names, key, strict=True))
+        entry.update(models=len(members), diverged=len(members) - len(healthy),
+                     stopped=sum(r["stopped"] for r in members))  # fmt: skip
+        for name in FINAL_FIELDS:
+            entry[name] = _stat([r[name] for r in healthy])
+        per_group.append(entry)
+    return {"axes": list(names), "models": finals, "groups": per_group}

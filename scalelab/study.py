@@ -1,0 +1,139 @@
+"""Studies: the one way a grid is trained (``run``) and a run directory is read (``load``).
+
+    from scalelab import study
+    from scalelab.config import GridConfig, RunConfig, TrainConfig
+
+    config = RunConfig(grid=GridConfig(inputs=("/1", "/255"), seeds=2), train=TrainConfig(epochs=1))
+    run = study.run(config, "runs/mine")
+    finals = [r for r in run.metrics() if r["epoch"] == 1]
+
+``experiments.scale_grid`` and every other experiment, the benchmark and the tests train through
+``run``; ``scalelab.load`` opens a finished or interrupted run with typed access to its config,
+axes, metrics, curvature rows, summary, params and status.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scalelab.config import RunConfig
+from scalelab.errors import ScalelabError
+from scalelab.results import RunDir, read_json
+from scalelab.schema import Axis, ModelId, grid_axes, grid_models, summarize
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run directory, read on demand (nothing is cached: an unfinished run may still grow)."""
+
+    path: Path
+
+    @property
+    def dir(self) -> RunDir:
+        return RunDir.open(self.path)
+
+    @property
+    def config(self) -> RunConfig:
+        return self.dir.config()
+
+    @property
+    def axes(self) -> tuple[Axis, ...]:
+        return grid_axes(self.config)
+
+    @property
+    def models(self) -> list[ModelId]:
+        return grid_models(self.axes)
+
+    @property
+    def status(self) -> dict[str, Any]:
+        """``{'state': 'running' | 'interrupted' | 'complete' | 'unknown', ...}``."""
+        return self.dir.status()
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """metrics.csv: one row per model per epoch, every axis a column."""
+        return self.dir.metrics()
+
+    def curvature(self) -> list[dict[str, Any]]:
+        """curvature.csv: one row per model per measurement."""
+        return self.dir.curvature()
+
+    def summary(self) -> dict[str, Any]:
+        """summary.json (written when the run completes): final rows and per-setting statistics."""
+        return read_json(self.dir.summary_path)
+
+    def params(self, epoch: int, model: int) -> dict[str, Any]:
+        """One model's Flax params after ``epoch`` (0 = init)."""
+        return self.dir.load_params(epoch, model)
+
+
+def load(path: str | Path) -> Run:
+    """Opens a run directory written by ``run`` (checked now: it must hold a readable config.json)."""
+    run = Run(Path(path))
+    run.dir.config()
+    return run
+
+
+def run(
+    config: RunConfig,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    dataset=None,
+    name: str = "study",
+) -> Run:
+    """Trains ``config``'s grid into ``out`` (default ``runs/NAME-TIMESTAMP``) and returns the run.
+
+    ``resume=True`` continues the run at ``out`` from its last checkpoint (``config`` must equal
+    the run's own, but for the engine and output fields). ``dataset``: an already loaded
+    ``scalelab.data.Dataset`` (default: ``config.data`` is loaded). Everything is checked before
+    the run directory is created, so a bad config leaves nothing behind. The summary and, with
+    ``config.output.report``, the report are written at the end.
+    """
+    from scalelab import runner
+    from scalelab.data import load_dataset
+    from scalelab.progress import EpochProgress
+    from scalelab.sharding import maybe_initialize_distributed, use_host_cores
+
+    maybe_initialize_distributed()  # a no-op unless a multi-host launch is configured (README)
+    use_host_cores()  # on a CPU, one device per core: large grids are split among them (README, Speed)
+    if resume and out is None:
+        raise ScalelabError("resume=True needs the run directory to continue (out)")
+    run_dir = RunDir.open(Path(out)) if resume else None  # type: ignore[arg-type]
+    if run_dir is not None:
+        from scalelab.checkpointing import check_resumable
+
+        check_resumable(run_dir, config)
+    if dataset is None:
+        dataset = load_dataset(config.data.name, config.data.data_dir)
+    plan = runner.plan_grid(config, dataset)  # every remaining check, before a run directory exists
+    if run_dir is None:
+        run_dir = RunDir.create(Path(out) if out is not None else default_out(name), config)
+    print(f"{name}: {describe(config)} -> {run_dir.path}", file=sys.stderr)
+    with EpochProgress(enabled=progress) as bar:
+        rows = runner.train_plan(plan, run_dir, resume=resume, on_epoch=bar)
+    run_dir.write_summary(summarize(rows, plan.axes))
+    run_dir.write_status("complete", epochs=config.train.epochs)
+    if config.output.report:
+        from analysis import report
+
+        report.write_report(run_dir.path)
+    return Run(run_dir.path)
+
+
+def default_out(name: str) -> Path:
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def describe(config: RunConfig) -> str:
+    """One line: the grid's size and axes, the network and how it trains."""
+    hidden = "-".join(str(w) for w in config.model.hidden)
+    return (
+        f"{config.num_models} models ({config.grid.seeds} seeds x {len(config.grid.inputs)} inputs x "
+        f"{len(config.lrs)} lr), MLP {hidden} {config.model.activation}, {config.train.loss}, "
+        f"{config.optimizer.name}, batch {config.train.batch_size}, {config.train.epochs} epochs"
+    )
