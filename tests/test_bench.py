@@ -86,3 +86,22 @@ def test_bad_input_is_one_line_with_its_exit_code(argv, code, needle, tmp_path, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err and "Traceback" not in err
     assert not (tmp_path / "b.json").exists()
+
+
+def test_the_entry_point_starts_without_jax_and_help_lists_every_flag():
+    """``--host-devices`` must reach XLA_FLAGS before JAX starts: the package, its parser and its
+    settings import no JAX; ``python -m experiments.bench --help`` works."""
+    code = (
+        "import sys; from experiments import bench; from experiments.bench import settings; "
+        "settings.resolve_settings(bench.build_parser().parse_args(['--quick'])); print('jax' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
+    done = subprocess.run([sys.executable, "-m", "experiments.bench", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    flags = ["--models", "--batch-sizes", "--train-limit", "--test-limit", "--repeats", "--gemm-size",
+             "--sequential-max", "--curvature-models", "--curvature-examples", "--lanczos-steps", "--curvature-loss",
+             "--no-curvature", "--models-per-block", "--compare-one-device", "--keras", "--host-devices", "--data",
+             "--data-dir", "--out", "--quick", "--debug"]  # fmt: skip
+    assert all(flag in done.stdout for flag in flags)

@@ -1,0 +1,121 @@
+"""Curvature timing: the top Hessian eigenvalue of many models as one vmapped program vs one at a time.
+
+The loss and its Hessian-vector products are the library's (``train.batch_loss`` on the grid's
+``/255`` hypers, ``curvature.make_chunked_hvp``, ``flat_matvec``, ``top_eigenpairs``), as
+``scalelab.measure`` measures sharpness during a run: raw pixels in, each HVP chunk transformed
+``(x - shift) * scale`` inside the loss.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from experiments.bench.settings import BASE_LR, CURVATURE_TOL
+from experiments.bench.timing import best_time, say
+from scalelab import curvature
+from scalelab.config import DataConfig, GridConfig, RunConfig, TrainConfig
+from scalelab.measure import measurement_batch
+from scalelab.runner import plan_grid
+from scalelab.train import Batch, Hypers, batch_loss
+
+CURVATURE_CHUNK = 1024  # examples per HVP chunk: bounded memory, as for full-batch curvature
+
+
+def top_eigenvalue_fn(model, loss_fn, hypers: Hypers):
+    """``top(params, v0, batch, num_steps) -> (eigenvalue, Ritz residual)`` of the mean loss on ``batch``."""
+
+    def loss_on(params, chunk: Batch):
+        return batch_loss(model, loss_fn, params, hypers, chunk)[0]
+
+    def top(params, v0, batch: Batch, num_steps: int):
+        hvp_fn = curvature.make_chunked_hvp(loss_on, batch, min(CURVATURE_CHUNK, batch.x.shape[0]))
+        pairs = curvature.top_eigenpairs(curvature.flat_matvec(hvp_fn, params), v0, num_steps, 1)
+        return pairs.values[0], pairs.residuals[0]
+
+    return top
+
+
+def curvature_problem(settings: dict, dataset):
+    """The default model and ``--curvature-loss`` with the grid's ``/255`` hypers, and the first
+    ``--curvature-examples`` training examples, as ``runner.plan_grid`` and ``measure`` prepare them."""
+    n = settings["curvature_examples"]
+    config = RunConfig(
+        data=DataConfig(train_limit=n, test_limit=settings["test_limit"]),
+        train=TrainConfig(loss=settings["curvature_loss"], batch_size=min(32, n)),
+        grid=GridConfig(inputs=("/255",), seeds=1, lrs=(BASE_LR,)),
+    )
+    plan = plan_grid(config, dataset)
+    hypers = jax.tree.map(lambda a: jnp.asarray(a[0]), plan.hypers)  # the one variant
+    return plan.program, hypers, measurement_batch(plan.data.train_x, plan.data.train_y, n)
+
+
+def curvature_bench(settings: dict, dataset) -> dict:
+    """Top-1 Hessian eigenvalue at initial params: one vmapped program vs a jitted model at a time."""
+    program, hypers, batch = curvature_problem(settings, dataset)
+    n = batch.x.shape[0]
+    top = top_eigenvalue_fn(program.model, program.loss_fn, hypers)
+    counts = settings["curvature_models"]
+    params = jax.vmap(lambda s: program.model.init(jax.random.PRNGKey(s), batch.x[:1]))(jnp.arange(max(counts)))
+    singles = [jax.tree.map(lambda a, i=i: a[i], params) for i in range(max(counts))]
+    v0 = jax.random.normal(jax.random.PRNGKey(0), ravel_pytree(singles[0])[0].shape)
+    single = jax.jit(top, static_argnums=3)
+    steps, tried = choose_lanczos_steps(single, singles[0], v0, batch, settings["lanczos_steps"])
+    results = [time_curvature(top, single, params, singles, v0, batch, steps, c, settings["repeats"]) for c in counts]
+    return {
+        "what": "top-1 Hessian eigenvalue at initial params (seeds 0..M-1), Lanczos + 1 Ritz residual matvec",
+        "examples": n, "loss": settings["curvature_loss"], "inputs": "/255", "hvp_chunk": min(CURVATURE_CHUNK, n),
+        "tolerance": CURVATURE_TOL, "steps_tried": tried, "num_steps": steps,
+        "model_0_rel_residual": tried[str(steps)],
+        "converged_on_model_0": tried[str(steps)] <= CURVATURE_TOL,
+        "worst_rel_residual": float(np.max([r["worst_rel_residual"] for r in results])),
+        "results": results,
+    }  # fmt: skip
+
+
+def choose_lanczos_steps(single, params, v0, batch: Batch, candidates: Sequence[int]) -> tuple[int, dict]:
+    """The smallest candidate whose Ritz residual / |eigenvalue| on ``params`` is within tolerance."""
+    tried = {}
+    for steps in sorted(candidates):
+        value, residual = single(params, v0, batch, steps)
+        tried[str(steps)] = float(residual / abs(value))
+        say(f"curvature: {steps} Lanczos steps on model 0, relative residual {tried[str(steps)]:.1e}")
+        if tried[str(steps)] <= CURVATURE_TOL:
+            return steps, tried
+    say(f"curvature: no candidate reached {CURVATURE_TOL:g}; using {steps} steps")
+    return steps, tried
+
+
+def time_curvature(top, single, params, singles, v0, batch: Batch, steps: int, count: int, repeats: int) -> dict:
+    """The first ``count`` models' eigenvalues: compiled vmapped program vs ``single`` per model,
+    each warmed up once untimed, best of ``repeats``."""
+    say(f"curvature: {count} models, vmapped and one at a time")
+    models = jax.tree.map(lambda a: a[:count], params)
+    start = time.perf_counter()
+    vmapped = jax.jit(jax.vmap(top, in_axes=(0, None, None, None)), static_argnums=3).lower(models, v0, batch, steps)
+    vmapped = vmapped.compile()
+    compile_s = time.perf_counter() - start
+    outputs = {}
+
+    def run_vmapped():
+        outputs["vmapped"] = jax.block_until_ready(vmapped(models, v0, batch))
+
+    def run_sequential():
+        outputs["sequential"] = [jax.block_until_ready(single(p, v0, batch, steps)) for p in singles[:count]]
+
+    run_vmapped()  # untimed warm-up of both; the first run pays one-off set-up
+    jax.block_until_ready(single(singles[0], v0, batch, steps))
+    vmapped_s = best_time(run_vmapped, repeats)
+    sequential_s = best_time(run_sequential, repeats)
+    values, residuals = (np.asarray(a) for a in outputs["vmapped"])
+    rel = np.concatenate([residuals / np.abs(values), [float(r / abs(v)) for v, r in outputs["sequential"]]])
+    return {
+        "models": count, "compile_s": compile_s, "vmapped_s": vmapped_s, "sequential_s": sequential_s,
+        "vmapped_over_sequential": sequential_s / vmapped_s, "worst_rel_residual": float(rel.max()),
+        "eigenvalue_range": [float(values.min()), float(values.max())],
+    }  # fmt: skip

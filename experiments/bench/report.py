@@ -1,0 +1,141 @@
+"""The report: the JSON document (schema ``scalelab.bench/1``), its headline, and the printed tables.
+
+Top-level keys, in order: ``schema``, ``command``, ``flags``, ``environment``, ``gemm``,
+``gemm_peak_gflops``, ``training``, ``keras``, ``curvature`` (null with ``--no-curvature``),
+``headline``, ``wall_s``. ``start`` fills the first three, ``finish`` the last two.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from experiments.bench.settings import PROG, SCHEMA
+
+
+def start(argv, settings: dict, args) -> dict:
+    """The report's schema, command line and every setting it ran with."""
+    report = {"schema": SCHEMA, "command": ["python", "-m", f"experiments.{PROG}", *argv]}
+    report["flags"] = {**settings, "curvature": args.curvature, "keras": args.keras, "quick": args.quick,
+                       "host_devices": args.host_devices, "data": args.data or "fashion_mnist"}  # fmt: skip
+    return report
+
+
+def finish(report: dict, started: float) -> dict:
+    """Adds the headline, the load average at the end and the wall time since ``started`` (perf_counter)."""
+    report["headline"] = headline(report)
+    report["environment"]["load_average_end"] = list(os.getloadavg())
+    report["wall_s"] = time.perf_counter() - started
+    return report
+
+
+def write_json(path: Path, report: dict) -> None:
+    from scalelab.results import write_json  # atomic: temp file, fsync, rename
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, report)
+
+
+def headline(report: dict) -> dict:
+    """The peak, the best vmapped rate, and every vmapped-over-sequential ratio, keyed M{m}_b{batch} / M{m}."""
+    rows = report["training"]["results"]
+    best = max(rows, key=lambda r: r["vmapped"]["gflops"])
+    return {
+        "gemm_peak_gflops": report["gemm_peak_gflops"],
+        "best_vmapped_gflops": best["vmapped"]["gflops"],
+        "best_vmapped_frac_of_peak": best["vmapped"]["frac_of_peak"],
+        "training_vmapped_over_sequential": {
+            f"M{r['models']}_b{r['batch_size']}": r["vmapped_over_sequential"] for r in rows
+        },
+        "curvature_vmapped_over_sequential": None
+        if report["curvature"] is None
+        else {f"M{r['models']}": r["vmapped_over_sequential"] for r in report["curvature"]["results"]},
+    }
+
+
+def format_report(report: dict) -> str:
+    """The printed summary: machine and ceiling, the training table, Keras, the curvature table."""
+    env = report["environment"]
+    lines = [
+        f"{env['platform']} ({env['device_kind']}, {env['device_count']} device(s), {env['cpu_count']} CPUs), "
+        f"jax {env['jax']}; load average {env['load_average_start'][0]:.1f} -> {env['load_average_end'][0]:.1f}",
+        f"GEMM float32 {report['gemm']['size']}^2: {report['gemm_peak_gflops']:.1f} GFLOP/s (the ceiling; "
+        f"{_gemm_detail(report['gemm'])})",
+        "",
+        *_training_lines(report["training"]),
+        "",
+        _keras_line(report["keras"]),
+    ]
+    if report["curvature"] is not None:
+        lines += ["", *_curvature_lines(report["curvature"])]
+    return "\n".join(lines)
+
+
+def _training_lines(train: dict) -> list[str]:
+    lines = [
+        f"training: {train['model']}; {train['train_examples']} train examples per epoch, plus evaluation of "
+        f"{train['test_examples_evaluated']} test examples inside the timed epoch; "
+        f"GFLOP/s at {train['flops_per_sample']}; the step's matmuls do {train['matmul_flops_per_sample']:,} "
+        f"FLOPs per sample, so 6N is {train['six_n_over_matmul_flops']:.2f}x the real arithmetic",
+    ]
+    header = (f"{'batch':>5} {'M':>4} {'SxV':>6} {'dev':>3} {'blk':>3} | {'vmapped samples/s':>17} {'GFLOP/s':>8} "
+              f"{'peak':>5} {'step':>5} | {'sequential samples/s':>20} {'GFLOP/s':>8} {'peak':>5} | "
+              f"{'vmap/seq':>8}")  # fmt: skip
+    lines += [header, "-" * len(header), *map(_training_row_line, train["results"])]
+    for r in (r for r in train["results"] if "one_device" in r):
+        lines.append(
+            f"batch {r['batch_size']}, M={r['models']} on one device: {r['one_device']['samples_per_s']:,.0f} "
+            f"samples/s; {r['vmapped']['devices']} devices over one device: {r['devices_over_one_device']:.2f}"
+        )
+    if any(r["sequential"]["timed_models"] < r["models"] for r in train["results"]):
+        lines.append("* sequential figure from a timed subset of the models, scaled (see sequential_method)")
+    lines.append("dev: devices the grid is spread over; blk: models each steps together; peak: of the GEMM ceiling;")
+    lines.append("step: of the bare step (matmuls + SGD) at that batch size: " + ", ".join(
+        f"batch {b}, {c['models']} models x {c['devices']} device(s): {c['gflops']:.1f} GFLOP/s "
+        f"({c['frac_of_peak']:.0%} of peak)"
+        for b, c in train["step_ceiling"].items()))  # fmt: skip
+    return lines
+
+
+def _training_row_line(r: dict) -> str:
+    vm, sq = r["vmapped"], r["sequential"]
+    scaled = "*" if sq["timed_models"] < r["models"] else " "
+    return (
+        f"{r['batch_size']:>5} {r['models']:>4} {r['seeds']:>3}x{len(r['lrs']):<2} {vm['devices']:>3} "
+        f"{vm['models_per_block']:>3} | "
+        f"{vm['samples_per_s']:>17,.0f} {vm['gflops']:>8.1f} {vm['frac_of_peak']:>5.0%} "
+        f"{vm['frac_of_step_ceiling']:>5.0%} | {sq['samples_per_s']:>19,.0f}{scaled} "
+        f"{sq['gflops']:>8.1f} {sq['frac_of_peak']:>5.0%} | {r['vmapped_over_sequential']:>8.2f}"
+    )
+
+
+def _gemm_detail(gemm: dict) -> str:
+    if gemm["all_devices_gflops"] is None:
+        return "one device"
+    return f"one device {gemm['one_device_gflops']:.1f}, one matmul per device at once {gemm['all_devices_gflops']:.1f}"
+
+
+def _keras_line(keras: dict) -> str:
+    if not keras["requested"]:
+        return "keras: not requested (--keras)"
+    if not keras["available"]:
+        return "keras: not installed (recorded as null)"
+    rates = ", ".join(f"batch {b}: {v:,.0f} samples/s" for b, v in keras["samples_per_s"].items())
+    return f"keras {keras['version']} ({keras['backend']}) model.fit, one model: {rates}"
+
+
+def _curvature_lines(curv: dict) -> list[str]:
+    lines = [
+        f"curvature: top-1 Hessian eigenvalue, {curv['examples']} examples, {curv['loss']}, "
+        f"{curv['num_steps']} Lanczos steps (relative residual on model 0: {curv['model_0_rel_residual']:.1e}; "
+        f"worst over all models {curv['worst_rel_residual']:.1e}; tolerance {curv['tolerance']:g})",
+    ]
+    header = f"{'M':>4} | {'vmapped s':>9} {'one-at-a-time s':>15} | {'vmap/seq':>8} | {'compile s':>9}"
+    lines += [header, "-" * len(header)]
+    for r in curv["results"]:
+        lines.append(
+            f"{r['models']:>4} | {r['vmapped_s']:>9.3f} {r['sequential_s']:>15.3f} | "
+            f"{r['vmapped_over_sequential']:>8.2f} | {r['compile_s']:>9.1f}"
+        )
+    return lines
