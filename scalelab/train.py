@@ -1,10 +1,20 @@
 """One model's training, as pure functions of pytrees (the grid vmaps them).
 
-``train_step(state, hypers, batch) -> (state, metrics)`` is the whole update; nothing in it
-reads globals, clocks or files. A model that is early-stopped or diverged keeps its parameters
-unchanged (masks, not branches), so it can sit inside a vmapped grid without disturbing the
-other models. A non-finite loss or gradient marks the model diverged and freezes it from then on;
-a non-finite loss also keeps the parameters it had before that step (see ``train_step``).
+Read in this order:
+
+1. ``step(model, loss_fn, direction, params, opt_state, hypers, batch)``: the plain step. The
+   loss and its gradients (``loss_and_grads``), the optax update, ``params - lr * update``
+   (``descend``; the lr is a vmapped number, see ``scalelab.optim``).
+2. ``masked(model, loss_fn, direction, state, hypers, batch, epoch)``: the same step with the
+   status masks that let a model sit inside a vmapped grid. A model that is early-stopped or
+   diverged keeps its parameters and optimiser state (masks, not branches), so it never
+   disturbs the others; a non-finite loss or gradient marks the model diverged and freezes it
+   from then on; a non-finite loss also keeps the parameters it had before that step.
+3. ``train_step(model, loss_fn, direction, state, hypers, batch, epoch) -> (state, metrics)``:
+   the engine's step, ``masked`` with the two pieces that have a CPU-tuned form
+   (``TUNED``: ``scalelab.fastpath``) in place of the plain ones (``PLAIN``).
+
+Nothing here reads globals, clocks or files.
 """
 
 from __future__ import annotations
@@ -16,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from scalelab.optim import SplitDirection
+# The engine's tuned forms; public here too, where probes, analysis and tests have always found them.
+from scalelab.fastpath import global_norm, masked_update
 
 PyTree = Any
 
@@ -108,53 +119,77 @@ def batch_loss(model, loss_fn: LossFn, params, hypers: Hypers, batch: Batch):
     return jnp.sum(batch.weight * per_example) / jnp.sum(batch.weight), logits
 
 
-def global_norm(tree: PyTree) -> jax.Array:
-    """sqrt of the sum of squares of every leaf (optax renamed its own twice; this one stays)."""
-    return jnp.sqrt(sum(_sum_of_squares(x) for x in jax.tree.leaves(tree)))
+def loss_and_grads(model, loss_fn: LossFn, params, hypers: Hypers, batch: Batch):
+    """``((loss, logits), grads)``: ``batch_loss`` (a scalar and the (B, C) logits) and d loss / d params."""
+    return jax.value_and_grad(lambda p: batch_loss(model, loss_fn, p, hypers, batch), has_aux=True)(params)
 
 
-def _sum_of_squares(x: jax.Array) -> jax.Array:
-    """``sum(x**2)``; on a CPU, a matrix's as its squares' product with a vector of ones.
+def descend(params, updates, lr: jax.Array):
+    """``params - lr * updates``: a direction of ``scalelab.optim`` is the update per unit lr."""
+    return jax.tree.map(lambda p, u: p - lr * u, params, updates)
 
-    XLA:CPU runs ``jnp.sum(jnp.square(w))`` of a 784x128 gradient as a separate squaring pass
-    and a slow reduction; as a matrix-vector product the sum runs on the matmul path, which
-    measured 8-11% faster training at batch 32. Other backends fuse the plain reduction into
-    one read of ``x`` (and GPUs into the optimiser's pass over the gradient), so they keep it
-    (``lax.platform_dependent`` picks the form when the program is lowered).
+
+def step_metrics(counted: jax.Array, loss, logits, grad_norm, batch: Batch) -> StepMetrics:
+    """One step's sums, all multiplied by ``counted`` (1.0, or 0.0 for a frozen model)."""
+    real = jnp.sum(batch.weight)
+    correct = jnp.sum(batch.weight * (jnp.argmax(logits, -1) == batch.y))
+    return StepMetrics(
+        loss_sum=counted * loss * real,
+        correct_sum=counted * correct,
+        examples=counted * real,
+        grad_norm_sum=counted * grad_norm,
+        count=counted,
+    )
+
+
+def plain_global_norm(tree: PyTree) -> jax.Array:
+    """``sqrt(sum of x**2 over every leaf)``, as written (``global_norm`` is the engine's)."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
+def step(
+    model, loss_fn: LossFn, direction: optax.GradientTransformation, params, opt_state, hypers: Hypers, batch: Batch
+):
+    """The plain training step for one model: ``(params, opt_state, metrics)`` after one update.
+
+    ``batch``: x (B, D) raw pixels, y (B,), weight (B,); ``hypers``: shift (D,), scale (D,), lr ();
+    ``direction``: any optax transformation (``scalelab.optim``). The metrics are one
+    ``StepMetrics`` with ``count`` 1. ``masked`` is this step for a model in a grid.
     """
-    if x.ndim < 2:
-        return _plain_sum_of_squares(x)
-    return jax.lax.platform_dependent(x, cpu=_sum_of_squares_as_matvec, default=_plain_sum_of_squares)
+    (loss, logits), grads = loss_and_grads(model, loss_fn, params, hypers, batch)
+    grad_norm = plain_global_norm(grads)
+    updates, new_opt_state = direction.update(grads, opt_state, params)
+    new_params = descend(params, updates, hypers.lr)
+    return new_params, new_opt_state, step_metrics(jnp.float32(1), loss, logits, grad_norm, batch)
 
 
-def _plain_sum_of_squares(x: jax.Array) -> jax.Array:
-    return jnp.sum(jnp.square(x))
+def plain_masked_update(direction: optax.GradientTransformation, grads, opt_state, params, apply: jax.Array):
+    """``(updates, new optimiser state)`` of optax's update; the state stays where ``apply`` is False.
 
-
-def _sum_of_squares_as_matvec(x: jax.Array) -> jax.Array:
-    rows = jnp.square(x).reshape(-1, x.shape[-1])  # HIGHEST: no reduced-precision passes in the dot
-    return jnp.sum(jnp.dot(rows, jnp.ones(x.shape[-1], x.dtype), precision=jax.lax.Precision.HIGHEST))
+    The plain form of ``masked_update`` (``scalelab.fastpath``): the update comes from optax
+    alongside the new state, and a ``SplitDirection``'s ``from_state`` is not used.
+    """
+    updates, new_opt_state = direction.update(grads, opt_state, params)
+    return updates, _select(apply, new_opt_state, opt_state)
 
 
 def _select(flag: jax.Array, new: PyTree, old: PyTree) -> PyTree:
     return jax.tree.map(lambda a, b: jnp.where(flag, a, b), new, old)
 
 
-def masked_update(direction: optax.GradientTransformation, grads, opt_state, params, apply: jax.Array):
-    """``(updates, new optimiser state)``; the state stays as it was where ``apply`` is False.
+class Kernels(NamedTuple):
+    """The two pieces of ``masked`` that have a tuned form; ``PLAIN`` and ``TUNED`` give the same
+    numbers to float32 rounding (``tests/test_reference.py``)."""
 
-    A ``SplitDirection`` (``scalelab.optim``) has its update read off the masked new state, so
-    each old moment has one reader and XLA overwrites it in place (see ``SplitDirection``); any
-    other optax transformation gives its update alongside its new state, as usual.
-    """
-    updates, new_opt_state = direction.update(grads, opt_state, params)
-    new_opt_state = _select(apply, new_opt_state, opt_state)
-    if isinstance(direction, SplitDirection):
-        updates = direction.from_state(grads, new_opt_state, params)
-    return updates, new_opt_state
+    global_norm: Callable[[PyTree], jax.Array]
+    masked_update: Callable[..., tuple[PyTree, PyTree]]  # (direction, grads, opt_state, params, apply)
 
 
-def train_step(
+PLAIN = Kernels(global_norm=plain_global_norm, masked_update=plain_masked_update)
+TUNED = Kernels(global_norm=global_norm, masked_update=masked_update)  # the engine's: see scalelab.fastpath
+
+
+def masked(
     model,
     loss_fn: LossFn,
     direction: optax.GradientTransformation,
@@ -162,11 +197,17 @@ def train_step(
     hypers: Hypers,
     batch: Batch,
     epoch: jax.Array,
+    kernels: Kernels = PLAIN,
 ) -> tuple[TrainState, StepMetrics]:
-    """One optimiser update for one model; a no-op for stopped or diverged models."""
-    grad_fn = jax.value_and_grad(lambda p: batch_loss(model, loss_fn, p, hypers, batch), has_aux=True)
-    (loss, logits), grads = grad_fn(state.params)
-    grad_norm = global_norm(grads)
+    """``step`` with the status masks: a no-op for stopped or diverged models; marks divergence.
+
+    ``state``: one model's ``TrainState``; ``epoch``: int32 (), recorded as ``diverge_epoch``.
+    For an active model with a finite loss, ``masked(..., kernels=PLAIN)`` computes what
+    ``step`` does (tested bit for bit); ``kernels`` picks the gradient norm and masked optimiser
+    update (``TUNED`` in ``train_step``).
+    """
+    (loss, logits), grads = loss_and_grads(model, loss_fn, state.params, hypers, batch)
+    grad_norm = kernels.global_norm(grads)
 
     active = state.status.active
     # The update is gated on values known before the backward pass (status, forward loss), so the
@@ -176,8 +217,8 @@ def train_step(
     # is finite (rare) therefore still updates the parameters once; the model is marked diverged
     # at that step and frozen from then on, so it never disturbs the others.
     apply = active & jnp.isfinite(loss)
-    updates, new_opt_state = masked_update(direction, grads, state.opt_state, state.params, apply)
-    new_params = jax.tree.map(lambda p, u: p - hypers.lr * u, state.params, updates)
+    updates, new_opt_state = kernels.masked_update(direction, grads, state.opt_state, state.params, apply)
+    new_params = descend(state.params, updates, hypers.lr)
     newly_diverged = active & ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm))
     status = state.status._replace(
         diverged=state.status.diverged | newly_diverged,
@@ -190,17 +231,23 @@ def train_step(
         status=status,
     )
     # The diverging step's loss is counted, so that epoch's mean shows the NaN/inf.
-    counted = active.astype(jnp.float32)
-    real = jnp.sum(batch.weight)
-    correct = jnp.sum(batch.weight * (jnp.argmax(logits, -1) == batch.y))
-    metrics = StepMetrics(
-        loss_sum=counted * loss * real,
-        correct_sum=counted * correct,
-        examples=counted * real,
-        grad_norm_sum=counted * grad_norm,
-        count=counted,
-    )
-    return new_state, metrics
+    return new_state, step_metrics(active.astype(jnp.float32), loss, logits, grad_norm, batch)
+
+
+def train_step(
+    model,
+    loss_fn: LossFn,
+    direction: optax.GradientTransformation,
+    state: TrainState,
+    hypers: Hypers,
+    batch: Batch,
+    epoch: jax.Array,
+) -> tuple[TrainState, StepMetrics]:
+    """The engine's step for one model: ``masked`` with the CPU-tuned kernels (``TUNED``).
+
+    A no-op for stopped or diverged models. ``scalelab.grid`` vmaps it over the model axis.
+    """
+    return masked(model, loss_fn, direction, state, hypers, batch, epoch, kernels=TUNED)
 
 
 def eval_batch(model, loss_fn: LossFn, params, hypers: Hypers, batch: Batch) -> jax.Array:

@@ -1,5 +1,7 @@
 """The per-model step and epoch-end rules, checked on tiny inputs."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 from scalelab import train
 from scalelab.losses import softmax_cross_entropy
 from scalelab.models import make_model
+from scalelab.optim import OPTIMIZERS, OptimizerConfig, optax_direction
 from scalelab.train import Batch, Hypers, ModelStatus
 
 
@@ -50,6 +53,26 @@ def test_step_matches_a_hand_written_optax_update_on_transformed_inputs(setup, d
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), new_state.params, expected)
     assert int(new_state.step) == 1
     assert float(metrics.loss_sum) == pytest.approx(float(loss(state.params)) * 6, rel=1e-5)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_masked_with_plain_kernels_is_the_plain_step_for_an_active_model(setup, name, jit):
+    """The masks change nothing for a model that trains: bit for bit, over three steps."""
+    model, _, _, batch, hypers = setup
+    direction = optax_direction(OptimizerConfig(name=name))
+    state = train.init_state(model, direction, jax.random.PRNGKey(0), 5)
+    plain = functools.partial(train.step, model, softmax_cross_entropy, direction)
+    masked = functools.partial(train.masked, model, softmax_cross_entropy, direction, kernels=train.PLAIN)
+    if jit:
+        plain, masked = jax.jit(plain), jax.jit(masked)
+    params, opt_state = state.params, state.opt_state
+    for step in range(3):
+        params, opt_state, plain_metrics = plain(params, opt_state, hypers, batch)
+        state, metrics = masked(state, hypers, batch, jnp.int32(step))
+        jax.tree.map(np.testing.assert_array_equal, (state.params, state.opt_state), (params, opt_state))
+        jax.tree.map(np.testing.assert_array_equal, metrics, plain_metrics)
+    assert int(state.step) == 3 and not bool(state.status.diverged)
 
 
 def test_padding_examples_with_zero_weight_do_not_change_the_update(setup):
