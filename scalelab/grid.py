@@ -7,10 +7,12 @@ see the *same* raw minibatch, each through its own input transform. The flat mod
 ``s * V + v``.
 
 ``train_epoch`` is one ``lax.scan`` over the epoch's minibatches whose body is
-``vmap(train_step)`` over the flat model axis (optionally block by block, for the CPU's cache,
-and device by device under ``shard_map``: ``train_steps``); the uint8 data is an argument that
-lives on each device once, shared by its models. Evaluation on the test set follows in the same
-compiled call.
+``vmap(train.train_step)`` over the flat model axis (``_scan_steps``); the uint8 data is an
+argument that lives on each device once, shared by its models. Evaluation on the test set
+follows in the same compiled call. Two layers around that scan are for speed only: device by
+device under ``shard_map`` (``train_steps``) and, on a CPU, block by block for the cache
+(``_blocked``). ``scalelab.reference.train_epoch_reference`` is the same epoch without either
+and without the step's CPU tunings; ``tests/test_reference.py`` checks that they agree.
 """
 
 from __future__ import annotations
@@ -147,19 +149,12 @@ def _device_steps(program: Program, states, sums, hypers: Hypers, data: DeviceDa
 
     Inside, the (S, V) grid is one flat model axis (a reshape, free) under a single ``vmap``:
     nested vmaps over seeds and variants measured 25-40% slower on the CPU. With
-    ``program.models_per_block`` the models are trained block after block (``lax.map``), each
-    block's whole stretch at once, so that a block's parameters and optimiser state stay in the
-    CPU's cache across steps; a grid too large for the cache otherwise streams all of its state
-    from memory at every step (measured 2x slower at 64 models). The last block is filled up
-    with copies of the first models, whose results are dropped.
+    ``program.models_per_block`` below the device's model count the models go through
+    ``_blocked`` (a CPU tuning); otherwise all of them take each step together (``_scan_steps``).
     """
     num_seeds, num_variants = states.step.shape
     num_models = num_seeds * num_variants
     block = models_per_block(num_models, program.models_per_block)
-
-    def flat(tree):
-        return jax.tree.map(lambda a: a.reshape(num_models, *a.shape[2:]), tree)
-
     model_hypers = jax.tree.map(lambda a: jnp.broadcast_to(a, (num_seeds, *a.shape)), hypers)  # model s * V + v
     if block == num_models:
 
@@ -167,21 +162,42 @@ def _device_steps(program: Program, states, sums, hypers: Hypers, data: DeviceDa
             return jnp.broadcast_to(order[:, None], (num_seeds, num_variants, order.shape[-1])).reshape(num_models, -1)
 
         out = _scan_steps(
-            program, flat(states), flat(sums), flat(model_hypers), data, orders, weights, epoch, seed_to_models
+            program, _flat(states), _flat(sums), _flat(model_hypers), data, orders, weights, epoch, seed_to_models
         )
     else:
-        num_blocks = -(-num_models // block)
-        fill = num_blocks * block - num_models
-
-        def blocks(a, axis=0):  # (..., M, ...) -> (blocks, ..., block, ...) along the model axis
-            a = jnp.concatenate([a, jax.lax.slice_in_dim(a, 0, fill, axis=axis)], axis=axis)
-            return jnp.moveaxis(a.reshape(*a.shape[:axis], num_blocks, block, *a.shape[axis + 1 :]), axis, 0)
-
-        model_orders = blocks(jnp.repeat(orders, num_variants, axis=1), axis=1)  # (blocks, steps, block, B)
-        args = (*jax.tree.map(blocks, (flat(states), flat(sums), flat(model_hypers))), model_orders)
-        out = jax.lax.map(lambda a: _scan_steps(program, *a[:3], data, a[3], weights, epoch, lambda order: order), args)
-        out = jax.tree.map(lambda a: a.reshape(num_blocks * block, *a.shape[2:])[:num_models], out)
+        model_orders = jnp.repeat(orders, num_variants, axis=1)  # (steps, S * V, B)
+        out = _blocked(program, block, states, sums, model_hypers, data, model_orders, weights, epoch)
     return jax.tree.map(lambda a: a.reshape(num_seeds, num_variants, *a.shape[1:]), out)
+
+
+def _flat(tree):
+    """(S, V, ...) -> (S * V, ...) on every leaf: model ``s * V + v``."""
+    return jax.tree.map(lambda a: a.reshape(a.shape[0] * a.shape[1], *a.shape[2:]), tree)
+
+
+def _blocked(program: Program, block: int, states, sums, hypers, data: DeviceData, orders, weights, epoch):
+    """``_scan_steps`` for the M = S * V models, ``block`` models at a time (a CPU tuning).
+
+    ``states``, ``sums``, ``hypers``: leading axes (S, V); ``orders``: (steps, M, B); returns the
+    flat (M, ...) ``(states, sums)``. The models are trained block after block (``lax.map``),
+    each block's whole stretch at once, so that a block's parameters and optimiser state stay in
+    the CPU's cache across steps; a grid too large for the cache otherwise streams all of its
+    state from memory at every step (measured 2x slower at 64 models). The last block is filled
+    up with copies of the first models, whose results are dropped. A model's arithmetic is the
+    one it has unblocked (to float32 rounding: the matmuls are blocked differently).
+    """
+    num_models = orders.shape[1]
+    num_blocks = -(-num_models // block)
+    fill = num_blocks * block - num_models
+
+    def blocks(a, axis=0):  # (..., M, ...) -> (blocks, ..., block, ...) along the model axis
+        a = jnp.concatenate([a, jax.lax.slice_in_dim(a, 0, fill, axis=axis)], axis=axis)
+        return jnp.moveaxis(a.reshape(*a.shape[:axis], num_blocks, block, *a.shape[axis + 1 :]), axis, 0)
+
+    model_orders = blocks(orders, axis=1)  # (blocks, steps, block, B)
+    args = (*jax.tree.map(blocks, (_flat(states), _flat(sums), _flat(hypers))), model_orders)
+    out = jax.lax.map(lambda a: _scan_steps(program, *a[:3], data, a[3], weights, epoch, lambda order: order), args)
+    return jax.tree.map(lambda a: a.reshape(num_blocks * block, *a.shape[2:])[:num_models], out)
 
 
 def _scan_steps(program: Program, states, sums, hypers, data: DeviceData, orders, weights, epoch, to_models):
