@@ -295,10 +295,11 @@ def _section_with(section, values: Mapping[str, Any], where: str):
 
 def free_fields() -> set[str]:
     """Dotted names of the fields ``--resume`` may change (``option(free=True)``)."""
+    defaults = RunConfig()
     return {
         f"{section.name}.{f.name}"
-        for section in dataclasses.fields(RunConfig)
-        for f in dataclasses.fields(section.default_factory())  # type: ignore[misc]
+        for section in dataclasses.fields(defaults)
+        for f in dataclasses.fields(getattr(defaults, section.name))
         if f.metadata.get("free")
     }
 

@@ -359,7 +359,7 @@ def load_dataset(
 def _load_known_idx(name: str, folder: Path, verify_checksums: bool) -> Dataset:
     """A known IDX dataset from ``folder``: counts, shapes, label range and checksums checked."""
     spec = KNOWN_IDX[name]
-    common = dict(image_shape=spec.image_shape, num_classes=spec.num_classes, title=spec.title,
+    common: dict[str, Any] = dict(image_shape=spec.image_shape, num_classes=spec.num_classes, title=spec.title,
                   checksums=spec.sha256 if verify_checksums else None)  # fmt: skip
     train = read_idx_split(folder, SPLIT_PREFIXES["train"], expected_count=spec.num_train, **common)
     test = read_idx_split(folder, SPLIT_PREFIXES["test"], expected_count=spec.num_test, **common)

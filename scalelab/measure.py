@@ -106,7 +106,7 @@ def density_grid(program, settings: CurvatureConfig, states, hypers, batch, key)
     return jax.vmap(jax.vmap(one, in_axes=(0, 0)), in_axes=(0, None))(states, hypers)
 
 
-def measurement_batch(train_x: np.ndarray, train_y: np.ndarray, examples: int) -> Batch:
+def measurement_batch(train_x: np.ndarray | jax.Array, train_y: np.ndarray | jax.Array, examples: int) -> Batch:
     """The fixed examples every measurement uses: the first ``examples`` training examples."""
     n = min(examples, len(train_x))
     return Batch(x=jnp.asarray(train_x[:n], jnp.float32), y=jnp.asarray(train_y[:n]), weight=jnp.ones(n, jnp.float32))

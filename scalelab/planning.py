@@ -115,7 +115,7 @@ def plan_grid(config: RunConfig, dataset, models_per_block: int | None = None) -
         program=dataclasses.replace(program, models_per_block=models_per_block),
         axes=grid_axes(config),
         hypers=variant_hypers(config, train_x),
-        data=grid_lib.DeviceData(train_x, train_y, test_x, test_y),  # type: ignore[arg-type]
+        data=grid_lib.DeviceData(train_x, train_y, test_x, test_y),
     )
 
 

@@ -219,7 +219,7 @@ class RunDir:
         arrays = {f"leaf_{i:05d}": leaf for i, leaf in enumerate(leaves)}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stubs take the first ** as allow_pickle
         atomic_write_bytes(self.checkpoint_path, buffer.getvalue())
 
     def load_checkpoint(self) -> tuple[list[np.ndarray], dict[str, Any]] | None:

@@ -174,7 +174,7 @@ class GridLoop:
         init_keys, order_keys = grid_lib.seed_keys(seeds)
         num_variants = len(range(plan.num_variants)[variant_slice])
         state = sharding.to_host(self.fns.init(plan.program, init_keys, num_variants, plan.data.train_x.shape[1]))
-        if restored is not None:
+        if restored is not None and restored.leaves is not None:
             state = jax.tree.unflatten(jax.tree.structure(state), restored.leaves)
         # The chunk's models are spread over the devices (a (1, 1) mesh on one device), and
         # each device trains its own models (``grid.train_steps`` under ``shard_map``).

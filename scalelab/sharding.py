@@ -113,7 +113,7 @@ def use_host_cores() -> None:
     takes the accelerators. Set ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` or
     ``JAX_NUM_CPU_DEVICES=N`` to choose another count (1: one device using every core).
     """
-    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "") or jax.config.jax_num_cpu_devices > 0:
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "") or jax.config.jax_num_cpu_devices > 0:  # type: ignore[attr-defined]
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     try:

@@ -89,7 +89,10 @@ def fit_affine(transform: InputTransform, train_images: np.ndarray) -> AffineCon
     """Computes the transform's constants from the training images (uint8, (N, ...))."""
     x = np.asarray(train_images).reshape(len(train_images), -1)
     dim = x.shape[1]
+    shift: float | np.ndarray
+    scale: float | np.ndarray
     if transform.kind == "divide":
+        assert transform.divisor is not None  # parse_transform sets it for this kind
         shift, scale = 0.0, 1.0 / transform.divisor
     elif transform.kind == "zscore":
         mean, std = _global_mean_std(x)
