@@ -15,13 +15,24 @@ They compute the same function, since ``(c x) W = x (c W)``, and their gradients
 
 * **SGD**: ``c (W - lr g_A) = W' - (c**2 lr) g_B``, so B with the first kernel's learning rate
   multiplied by ``c**2`` (all else unchanged) follows A exactly: ``W'_B = c W_A`` at every step.
-* **Adam** (Kingma & Ba 2015, Alg. 1, optax's form ``m_hat / (sqrt(v_hat) + eps)``): A's moments
-  of the first kernel are ``m_A = c m_B`` and ``v_A = c**2 v_B``, so A's step is
-  ``m_B / (sqrt(v_B_hat) + eps / c)``, and ``c`` times it is B's step with learning rate ``c lr``
-  *and epsilon ``eps / c``* -- exact. With B's *same* ``eps`` the two differ wherever
-  ``sqrt(v_B_hat)`` is not large against both ``eps`` and ``eps / c``: that is where Adam's scale
-  invariance breaks, and ``eps_sensitive_frac`` measures how many first-layer weights are there
-  (the share whose same-eps step differs from the exact one by more than 1%).
+* **Adam** (Kingma & Ba 2015, Alg. 1; ``m_hat / (sqrt(v_hat) + eps)``, which scalelab computes in
+  the reordered form of ``scalelab.optim``): A's moments of the first kernel are ``m_A = c m_B``
+  and ``v_A = c**2 v_B``, so A's step is ``m_B / (sqrt(v_B_hat) + eps / c)``, and ``c`` times it is
+  B's step with learning rate ``c lr`` *and epsilon ``eps / c``* -- exact. With B's *same* ``eps``
+  the two differ wherever ``sqrt(v_B_hat)`` is not large against both ``eps`` and ``eps / c``: that
+  is where Adam's scale invariance breaks, and ``eps_sensitive_frac`` measures how many
+  first-layer weights are there (the share whose same-eps step differs from the exact one by more
+  than 1%).
+
+Both models are trained by the library's step, as ``experiments.scale_grid`` trains a model:
+``train.train_step`` on ``models.make_model``'s MLP with ``losses.get_loss``'s loss, initial
+weights from ``train.init_state`` with the seed's init key (``grid.seed_keys``), the minibatches
+of ``grid.epoch_batches`` (a fresh shuffle per epoch; the last batch of an epoch padded with
+zero-weight examples), and the raw pixels transformed inside the step, ``(x - shift) * scale``
+(``train.Hypers``). A is scale_grid's model on the transform ``c * base`` with the optimiser of
+``optim.make_direction``; B differs from it only in its first kernel (initial weights ``c W``; a
+direction that multiplies that kernel's update by ``c**lr_power`` and, for Adam, uses ``eps / c``
+there: ``b_direction``). ``--x64`` runs the same steps in float64.
 
 The base inputs ``x`` are ``--base`` (default ``/255``, pixels in [0, 1]), so with the default
 scales A sees: ``c = 255`` raw pixels (the posts' failing ``/1``), ``c = 0.255`` pixels/1000 (the
@@ -32,22 +43,29 @@ learning rate factor is 65025. ``--base /1`` makes raw pixels the base and ``c =
 ``/255`` transform.
 
 In real arithmetic the exact variants agree perfectly; what is measured is float rounding (A
-multiplies ``c * x`` first, B multiplies ``c * W``), carried along by training: ~1e-7 in float32
-and ~1e-16 in float64 (``--x64``) for ``c = 0.255`` and ``1/255`` over hundreds of steps. Raw
-pixels (``c = 255``) are different: training there is chaotic, and the rounding gap grows
-exponentially (measured on Fashion-MNIST: e-folding every ~6-9 steps for Adam, and for SGD on one
-of two seeds) in float32 and float64 alike -- float64 only starts it ~1e-9 lower -- until it is
-as large as the same-eps gap after a few hundred steps. So read the exact variants at the early
+multiplies its inputs by ``c * scale``, B its first kernel by ``c``), carried along by training:
+~1e-7 in float32 and ~1e-16 in float64 (``--x64``) for ``c = 0.255`` and ``1/255`` over hundreds of
+steps. Raw pixels (``c = 255``) are different: training there is chaotic, and the rounding gap
+grows exponentially (measured with ``--quick``: e-folding every ~6-7 steps for Adam, and for SGD
+on one of two seeds) in float32 and float64 alike -- float64 only starts it ~1e-9 lower -- until it
+is as large as the same-eps gap after a few hundred steps. So read the exact variants at the early
 steps (``rel_param_diff_at_step``: 1, 10, 100, ...) and against the same-eps gap at the same step:
-at step 1 the same eps is already 1e-4..1e-3 off, the exact variants at rounding level.
+at step 1 the same eps is already 3e-5..2e-4 off (``--quick``), the exact variants at rounding level.
 
-Writes ``--out DIR``: ``config.json``; ``trajectories.csv``, one row per (optimizer, variant, c,
-seed, step) with A's and B's minibatch loss before the step (``loss_a``, ``loss_b``, and their
-relative gap ``rel_loss_diff``) and, after it, the relative parameter distance ``rel_param_diff``
-= ``||T(theta_A) - theta_B|| / ||theta_B||`` (``T`` multiplies A's first kernel by c) and, for
-Adam, ``eps_sensitive_frac`` (computed on A's trajectory, so equal for both Adam variants; ``nan``
-for SGD); ``summary.json``, per optimizer, variant and c: the maxima over seeds and steps, the
-distance at steps 1, 10, 100, ..., the first step over the tolerance, and non-finite counts.
+Configuration: one frozen ``Config`` (defaults ``DEFAULT``, ``--quick`` is ``QUICK``); every field
+is the flag ``--field-name``, and a flag given on the command line replaces that field of the
+preset.
+
+Writes ``--out DIR``: ``config.json`` (the ``Config``'s fields, plus ``scale_values``, ``dtype``,
+``variant_setups``, ``tolerance``, ``eps_sensitive_ratio`` and ``dataset_source``);
+``trajectories.csv``, one row per (optimizer, variant, c, seed, step) with A's and B's minibatch
+loss before the step (``loss_a``, ``loss_b``, and their relative gap ``rel_loss_diff``; NaN after
+a model diverged, since the step then freezes it) and, after it, the relative parameter distance
+``rel_param_diff`` = ``||T(theta_A) - theta_B|| / ||theta_B||`` (``T`` multiplies A's first kernel
+by c) and, for Adam, ``eps_sensitive_frac`` (computed on A's trajectory, so equal for both Adam
+variants; ``nan`` for SGD); ``summary.json``, per optimizer, variant and c: the maxima over seeds
+and steps, the distance at steps 1, 10, 100, ..., the first step over the tolerance, and
+non-finite counts.
 """
 
 from __future__ import annotations
@@ -65,20 +83,18 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from scalelab import cli
+from scalelab import cli, grid, train
+from scalelab.config import option
 from scalelab.data import load_dataset
 from scalelab.errors import ScalelabError, UsageError
 from scalelab.losses import get_loss
 from scalelab.models import make_model
-from scalelab.optim import OptimizerConfig, make_direction
+from scalelab.optim import OptimizerConfig, SplitDirection, make_direction
 from scalelab.results import atomic_write_text, write_json
-from scalelab.transforms import apply_affine, fit_affine, parse_transform
+from scalelab.transforms import fit_affine, parse_transform
 
 PROG = "lr_equivalence"
-QUICK = {"train_limit": 2048, "steps": 200, "seeds": 2}
-DEFAULTS = {"train_limit": None, "steps": 1000, "seeds": 3, "scales": "255,0.255,1/255", "base": "/255"}
 # What "coincide" means for the exact variants: the largest relative parameter distance we
 # claim, per dtype. Non-chaotic runs stay far below it; at c = 255 chaos outgrows it (docstring).
 TOLERANCE = {"float32": 1e-3, "float64": 1e-9}
@@ -117,30 +133,7 @@ VARIANTS = (
 )
 
 
-def build_parser() -> cli.Parser:
-    p = cli.Parser(prog=f"python -m experiments.{PROG}", description=__doc__.split("\n\n")[0])
-    p.add_argument("--scales", help="comma-separated c > 0; a fraction like 1/255 is allowed "
-                   f"(default {DEFAULTS['scales']})")  # fmt: skip
-    p.add_argument("--base", help=f"input transform that gives x, e.g. /255 or /1 (default {DEFAULTS['base']})")
-    p.add_argument("--variants", help="comma-separated subset of " + ", ".join(v.key for v in VARIANTS)
-                   + " (default all)")  # fmt: skip
-    p.add_argument("--steps", type=cli.positive_int, help=f"optimiser steps (default {DEFAULTS['steps']})")
-    p.add_argument("--seeds", type=cli.positive_int, help=f"number of seeds, 0..N-1 (default {DEFAULTS['seeds']})")
-    p.add_argument("--train-limit", type=cli.positive_int, help="use the first N training examples (default all)")
-    p.add_argument("--batch-size", type=cli.positive_int, default=32, help="minibatch size (default 32)")
-    p.add_argument("--hidden", type=cli.int_list, default=(128,), help="hidden widths (default 128)")
-    p.add_argument("--activation", default="relu", help="relu (default), sigmoid, tanh, gelu, identity")
-    p.add_argument("--loss", default="ce", help="ce (default, exact), keras-ce, mse")
-    p.add_argument("--sgd-lr", type=cli.positive_float, default=1e-2, help="SGD learning rate (default 1e-2)")
-    p.add_argument("--adam-lr", type=cli.positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--eps", type=cli.positive_float, default=1e-7, help="Adam epsilon (default 1e-7, Keras)")
-    p.add_argument("--x64", action="store_true", help="compute in float64 (shows the deviations are rounding)")
-    cli.add_data_flags(p)
-    p.add_argument("--out", type=Path, help=f"run directory to create (default runs/{PROG}-TIMESTAMP)")
-    p.add_argument("--quick", action="store_true", help="seconds-long run: "
-                   + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in QUICK.items()))  # fmt: skip
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    return p
+# --- configuration: one frozen dataclass, its presets, the command line built from it -----------
 
 
 def parse_scale(text: str) -> float:
@@ -155,69 +148,109 @@ def parse_scale(text: str) -> float:
     return value
 
 
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(","))
+
+
 @dataclasses.dataclass(frozen=True)
-class Settings:
-    variants: tuple[str, ...]
-    scales: tuple[float, ...]
-    scale_labels: tuple[str, ...]
-    base: str
-    steps: int
-    seeds: int
-    train_limit: int | None
-    batch_size: int
-    hidden: tuple[int, ...]
-    activation: str
-    loss: str
-    sgd_lr: float
-    adam_lr: float
-    eps: float
-    dtype: str
-    data: str
-    data_dir: str | None
+class Config:
+    """One run of the experiment. Each field is the flag ``--field-name`` (``build_parser``), its
+    help and parser beside it (``scalelab.config.option``); constructing one checks every field,
+    so a bad value is a ``UsageError`` naming its flag, from the CLI and from Python alike."""
+
+    scales: tuple[str, ...] = option(
+        ("255", "0.255", "1/255"), "comma-separated c > 0; a fraction like 1/255 is allowed", parse=_comma_list
+    )
+    base: str = option("/255", "input transform that gives x, e.g. /255 or /1")
+    variants: tuple[str, ...] = option(
+        tuple(v.key for v in VARIANTS),
+        "comma-separated subset of " + ", ".join(v.key for v in VARIANTS),
+        parse=_comma_list,
+    )
+    steps: int = option(1000, "optimiser steps", parse=cli.positive_int)
+    seeds: int = option(3, "number of seeds, 0..N-1", parse=cli.positive_int)
+    train_limit: int | None = option(None, "use the first N training examples (default all)", parse=cli.positive_int)
+    batch_size: int = option(32, "minibatch size", parse=cli.positive_int)
+    hidden: tuple[int, ...] = option((128,), "hidden widths", parse=cli.int_list)
+    activation: str = option("relu", "relu, sigmoid, tanh, gelu, identity")
+    loss: str = option("ce", "ce (exact), keras-ce, mse")
+    sgd_lr: float = option(1e-2, "SGD learning rate", parse=cli.positive_float)
+    adam_lr: float = option(1e-3, "Adam learning rate", parse=cli.positive_float)
+    eps: float = option(1e-7, "Adam epsilon (Keras')", parse=cli.positive_float)
+    x64: bool = option(False, "compute in float64 (shows the deviations are rounding)")
+    data: str = option(
+        "fashion_mnist",
+        "dataset: fashion_mnist, mnist, idx (the four IDX files in --data-dir) or tfds:NAME (a prepared TFDS dataset)",
+    )
+    data_dir: str | None = option(
+        None,
+        "folder with train-images-idx3-ubyte[.gz] etc. (default: $SCALELAB_DATA_DIR, "
+        "/usr/share/datasets/fashion-mnist, data/fashion-mnist)",
+    )
+
+    def __post_init__(self):
+        values = self.scale_values
+        if len(set(values)) != len(values):
+            raise UsageError(f"--scales {','.join(self.scales)!r} lists a value twice; list each once")
+        known = [v.key for v in VARIANTS]
+        if any(v not in known for v in self.variants) or len(set(self.variants)) != len(self.variants):
+            raise UsageError(f"--variants {','.join(self.variants)!r}: list each of {', '.join(known)} at most once")
+        parse_transform(self.base)
+        get_loss(self.loss)
+        make_model(self.hidden, 10, self.activation, "glorot-uniform")
+
+    @property
+    def scale_values(self) -> tuple[float, ...]:
+        """The scales c as numbers; ``scales`` keeps them as written (for tables)."""
+        return tuple(parse_scale(label) for label in self.scales)
+
+    @property
+    def dtype(self) -> str:
+        return "float64" if self.x64 else "float32"
 
 
-def settings_from_args(args) -> Settings:
-    def pick(key):
-        """The flag's value if given, else --quick's, else the default."""
-        if getattr(args, key) is not None:
-            return getattr(args, key)
-        return QUICK[key] if args.quick and key in QUICK else DEFAULTS[key]
-
-    labels, scales = parse_scales(pick("scales"))
-    return Settings(
-        variants=parse_variants(args.variants), scales=scales, scale_labels=labels, base=pick("base"),
-        steps=pick("steps"), seeds=pick("seeds"), train_limit=pick("train_limit"), batch_size=args.batch_size,
-        hidden=tuple(args.hidden), activation=args.activation, loss=args.loss, sgd_lr=args.sgd_lr,
-        adam_lr=args.adam_lr, eps=args.eps, dtype="float64" if args.x64 else "float32",
-        data=args.data or "fashion_mnist", data_dir=None if args.data_dir is None else str(args.data_dir),
-    )  # fmt: skip
+DEFAULT = Config()
+QUICK = dataclasses.replace(DEFAULT, train_limit=2048, steps=200, seeds=2)
 
 
-def parse_scales(text: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
-    """``--scales``: the entries as written (for tables) and their values."""
-    labels = tuple(part.strip() for part in text.split(","))
-    values = tuple(parse_scale(label) for label in labels)
-    if len(set(values)) != len(values):
-        raise UsageError(f"--scales {text!r} lists a value twice; list each once")
-    return labels, values
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
-def parse_variants(text: str | None) -> tuple[str, ...]:
-    """``--variants``: a subset of the variants' keys, all of them if not given."""
-    known = [v.key for v in VARIANTS]
-    if text is None:
-        return tuple(known)
-    chosen = tuple(part.strip() for part in text.split(","))
-    if any(v not in known for v in chosen) or len(set(chosen)) != len(chosen):
-        raise UsageError(f"--variants {text!r}: list each of {', '.join(known)} at most once")
-    return chosen
+def _shown(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
-def chosen_variants(settings: Settings) -> list[Variant]:
-    return [v for v in VARIANTS if v.key in settings.variants]
+def build_parser() -> cli.Parser:
+    """The command line: one flag per ``Config`` field (default None: the preset's value), then
+    ``--out``, ``--quick`` and ``--debug``, which are not part of the configuration."""
+    p = cli.Parser(prog=f"python -m experiments.{PROG}", description=__doc__.split("\n\n")[0])
+    for field in dataclasses.fields(Config):
+        default, text = getattr(DEFAULT, field.name), field.metadata["help"]
+        if isinstance(default, bool):
+            p.add_argument(_flag(field.name), action="store_true", default=None, help=text)
+        else:
+            text += "" if default is None else f" (default {_shown(default)})"
+            p.add_argument(_flag(field.name), type=field.metadata["parse"], help=text)
+    p.add_argument("--out", type=Path, help=f"run directory to create (default runs/{PROG}-TIMESTAMP)")
+    quick = [f"{_flag(f.name)} {_shown(getattr(QUICK, f.name))}" for f in dataclasses.fields(Config)
+             if getattr(QUICK, f.name) != getattr(DEFAULT, f.name)]  # fmt: skip
+    p.add_argument("--quick", action="store_true", help="seconds-long run: " + ", ".join(quick))
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
 
 
-# --- the numerical core: one (A, B) pair trained side by side -----------------------------------
+def config_from_args(args) -> Config:
+    """``QUICK`` with ``--quick``, else ``DEFAULT``, with each flag given in place of its field."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if getattr(args, f.name) is not None}
+    return dataclasses.replace(QUICK if args.quick else DEFAULT, **given)
+
+
+def chosen_variants(config: Config) -> list[Variant]:
+    return [v for v in VARIANTS if v.key in config.variants]
+
+
+# --- the numerical core: one (A, B) pair trained side by side by the library's step -------------
 
 
 def _is_first_kernel(path) -> bool:
@@ -229,6 +262,35 @@ def first_kernel_map(first, rest, *trees):
     return jax.tree_util.tree_map_with_path(
         lambda path, *leaves: first(*leaves) if _is_first_kernel(path) else rest(*leaves), *trees
     )
+
+
+def to_b(params, c):
+    """``T``: the params with the first kernel multiplied by ``c`` (A's weights in B's coordinates)."""
+    return first_kernel_map(lambda w: c * w, lambda w: w, params)
+
+
+def b_direction(config: OptimizerConfig, factor, b_eps) -> SplitDirection:
+    """B's optimiser: ``make_direction(config)``, except that the first kernel's update is
+    multiplied by ``factor`` (its learning-rate factor ``c**lr_power``) and, for Adam, computed with
+    epsilon ``b_eps`` (``eps / c`` for the exact variant, ``eps`` for same-eps).
+
+    SGD's and Adam's states do not depend on epsilon, so the state is ``make_direction(config)``'s
+    and only the update read off it (``from_state``, as ``train.masked_update`` does) takes the
+    other epsilon for that kernel. ``factor`` and ``b_eps`` may be traced, so that every scale
+    and both Adam variants share one compiled program.
+    """
+    base = make_direction(config)
+    first = make_direction(dataclasses.replace(config, eps=b_eps))
+
+    def from_state(grads, state, params):
+        updates = (first.from_state(grads, state, params), base.from_state(grads, state, params))
+        return first_kernel_map(lambda u, _: factor * u, lambda _, u: u, *updates)
+
+    def update(grads, state, params=None):
+        new_state = base.update(grads, state, params)[1]
+        return from_state(grads, new_state, params), new_state
+
+    return SplitDirection(base.init, update, from_state)
 
 
 class StepRecord(NamedTuple):
@@ -245,21 +307,6 @@ def relative_distance(a, b):
     return jnp.sqrt(num / den)
 
 
-def directions(optimizer: str, eps: float, b_eps):
-    """A's and B's optax transformations (updates per unit learning rate, scalelab's convention).
-
-    B's first kernel gets Adam's epsilon ``b_eps`` (``eps / c`` for the exact variant, ``eps`` for
-    same-eps); passing it as a number lets both Adam variants share one compiled program.
-    """
-    config = OptimizerConfig(name=optimizer, eps=eps)
-    direction_a = make_direction(config)
-    if optimizer == "sgd":
-        return direction_a, direction_a
-    labels = lambda params: first_kernel_map(lambda _: "first", lambda _: "rest", params)  # noqa: E731
-    first = make_direction(dataclasses.replace(config, eps=b_eps))
-    return direction_a, optax.multi_transform({"first": first, "rest": direction_a}, labels)
-
-
 def eps_sensitive_frac(adam_state_a, c, eps: float):
     """Share of first-kernel weights (with a nonzero second moment) where B's same-eps Adam step
     differs from the exact (eps/c) one by more than ``EPS_SENSITIVE_RATIO``.
@@ -267,9 +314,8 @@ def eps_sensitive_frac(adam_state_a, c, eps: float):
     From A's state: ``sqrt(v_A_hat) = c sqrt(v_B_hat)``, and the ratio of the two B denominators
     is ``(sqrt(v_B_hat) + eps) / (sqrt(v_B_hat) + eps/c) = (sqrt(v_A_hat) + c eps) / (sqrt(v_A_hat) + eps)``.
     """
-
     nu = adam_state_a.nu["params"]["Dense_0"]["kernel"]
-    b2 = OptimizerConfig().b2  # directions() uses the defaults
+    b2 = OptimizerConfig().b2  # pair_trajectory uses the defaults
     root = jnp.sqrt(nu / (1 - b2 ** adam_state_a.count.astype(nu.dtype)))
     ratio = (root + c * eps) / (root + eps)
     seen = nu > 0
@@ -277,110 +323,121 @@ def eps_sensitive_frac(adam_state_a, c, eps: float):
     return jnp.sum(sensitive) / jnp.maximum(jnp.sum(seen), 1)
 
 
-def pair_trajectory(model, loss_fn, optimizer: str, lr_power: int, lr: float, eps: float, params_a, c, b_eps, x, y,
-                    order):  # fmt: skip
-    """Trains A (inputs ``c x``, params ``params_a``) and B (inputs ``x``, first kernel ``c W``,
-    learning rate ``c**lr_power lr`` and, for Adam, epsilon ``b_eps`` there) on the minibatches
-    ``order`` (steps, batch) of ``(x, y)``; returns a ``StepRecord`` of arrays of shape (steps,).
-    Pure and jittable; ``c`` and ``b_eps`` may be traced."""
-    direction_a, direction_b = directions(optimizer, eps, b_eps)
-    lr_a = jax.tree.map(lambda _: lr, params_a)
-    lr_b = first_kernel_map(lambda _: lr * c**lr_power, lambda _: lr, params_a)
-    to_b = lambda params: first_kernel_map(lambda w: c * w, lambda w: w, params)  # noqa: E731
-    params_b = to_b(params_a)
+def initial_states(model, direction_a, direction_b, init_key, input_dim: int, c, dtype):
+    """A's and B's ``TrainState``: ``train.init_state``'s weights for the seed's init key (the
+    weights scale_grid starts that seed from), cast to ``dtype``; B's first kernel is ``c W``."""
+    state = train.init_state(model, direction_a, init_key, input_dim)
+    params_a = jax.tree.map(lambda p: p.astype(dtype), state.params)
+    params_b = to_b(params_a, c)
+    return (
+        state._replace(params=params_a, opt_state=direction_a.init(params_a)),
+        state._replace(params=params_b, opt_state=direction_b.init(params_b)),
+    )
 
-    def loss(params, xb, yb):
-        return jnp.mean(loss_fn(model.apply(params, xb), yb))
 
-    def update(direction, lrs, params, opt_state, grads):
-        updates, opt_state = direction.update(grads, opt_state, params)
-        return jax.tree.map(lambda p, u, r: p - r * u, params, updates, lrs), opt_state
+def _minibatch_loss(metrics: train.StepMetrics):
+    """The step's mean loss over the real examples (NaN once the step has frozen a diverged model)."""
+    return metrics.loss_sum / metrics.examples
 
-    def step(carry, idx):
-        (pa, sa), (pb, sb) = carry
-        xb, yb = x[idx], y[idx]
-        loss_a, grads_a = jax.value_and_grad(loss)(pa, c * xb, yb)
-        loss_b, grads_b = jax.value_and_grad(loss)(pb, xb, yb)
-        pa, sa = update(direction_a, lr_a, pa, sa, grads_a)
-        pb, sb = update(direction_b, lr_b, pb, sb, grads_b)
-        sensitive = eps_sensitive_frac(sa, c, eps) if optimizer == "adam" else jnp.nan
-        record = StepRecord(loss_a, loss_b, relative_distance(to_b(pa), pb), jnp.asarray(sensitive, loss_a.dtype))
-        return ((pa, sa), (pb, sb)), record
 
-    init = ((params_a, direction_a.init(params_a)), (params_b, direction_b.init(params_b)))
-    _, records = jax.lax.scan(step, init, order)
+def pair_trajectory(model, loss_fn, optimizer: str, lr_power: int, eps: float, init_key, hypers_b: train.Hypers, c,
+                    b_eps, x, y, batches):  # fmt: skip
+    """Trains A (inputs ``(x - shift) * c scale``) and B (inputs ``(x - shift) * scale``, first
+    kernel ``c W``, its update times ``c**lr_power`` and, for Adam, epsilon ``b_eps`` there) with
+    ``train.train_step``, both at ``hypers_b.lr`` and in ``hypers_b.scale``'s dtype, on the raw
+    examples ``x`` (N, D) and labels ``y``. ``batches`` = (indices (steps, B), weights (steps, B),
+    epochs (steps,)); returns a ``StepRecord`` of arrays of shape (steps,). Pure and jittable;
+    ``c`` and ``b_eps`` may be traced."""
+    config = OptimizerConfig(name=optimizer, eps=eps)
+    direction_a, direction_b = make_direction(config), b_direction(config, c**lr_power, b_eps)
+    hypers_a = hypers_b._replace(scale=c * hypers_b.scale)
+    dtype = hypers_b.scale.dtype
+
+    def step(states, batch_xs):
+        order, weight, epoch = batch_xs
+        batch = train.Batch(x=x[order].astype(dtype), y=y[order], weight=weight.astype(dtype))
+        state_a, metrics_a = train.train_step(model, loss_fn, direction_a, states[0], hypers_a, batch, epoch)
+        state_b, metrics_b = train.train_step(model, loss_fn, direction_b, states[1], hypers_b, batch, epoch)
+        sensitive = eps_sensitive_frac(state_a.opt_state, c, eps) if optimizer == "adam" else jnp.nan
+        distance = relative_distance(to_b(state_a.params, c), state_b.params)
+        record = StepRecord(_minibatch_loss(metrics_a), _minibatch_loss(metrics_b), distance, sensitive)
+        return (state_a, state_b), jax.tree.map(lambda v: jnp.asarray(v, dtype), record)
+
+    states = initial_states(model, direction_a, direction_b, init_key, x.shape[1], c, dtype)
+    _, records = jax.lax.scan(step, states, batches)
     return records
 
 
-def run_variant(model, loss_fn, variant: Variant, lr: float, eps: float, params_a, scales, x, y, orders):
+def run_variant(model, loss_fn, variant: Variant, hypers: train.Hypers, eps: float, init_keys, scales, x, y, batches):
     """Every (c, seed) pair of one variant in one compiled call: records of shape (C, S, steps)."""
     b_eps = eps / scales if variant.eps_over_c else np.full_like(scales, eps)
-    static = (model, loss_fn, variant.optimizer, variant.lr_power, lr, eps)
-    return _all_pairs(*static, params_a, scales, b_eps, x, y, orders)
+    static = (model, loss_fn, variant.optimizer, variant.lr_power, eps)
+    return _all_pairs(*static, init_keys, hypers, scales, b_eps, x, y, batches)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
-def _all_pairs(model, loss_fn, optimizer, lr_power, lr, eps, params_a, scales, b_eps, x, y, orders):
-    def one(params, c, e, order):
-        return pair_trajectory(model, loss_fn, optimizer, lr_power, lr, eps, params, c, e, x, y, order)
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _all_pairs(model, loss_fn, optimizer, lr_power, eps, init_keys, hypers, scales, b_eps, x, y, batches):
+    orders, weights, epochs = batches
+
+    def one(init_key, c, e, order):
+        return pair_trajectory(model, loss_fn, optimizer, lr_power, eps, init_key, hypers, c, e, x, y,
+                               (order, weights, epochs))  # fmt: skip
 
     per_seed = jax.vmap(one, in_axes=(0, None, None, 0))
     per_scale = jax.vmap(per_seed, in_axes=(None, 0, 0, None))
-    return per_scale(params_a, scales, b_eps, orders)
+    return per_scale(init_keys, scales, b_eps, orders)
 
 
-# --- inputs: data, initial weights, minibatch order ---------------------------------------------
+# --- inputs: data, input transform, minibatch order ---------------------------------------------
 
 
-def base_inputs(settings: Settings, dataset):
-    """(x, y) as numpy: the first ``train_limit`` training images under ``--base``, labels int32."""
+def base_inputs(config: Config, dataset):
+    """(x, y): the first ``train_limit`` training images, flattened raw pixels (uint8), labels int32."""
     images = dataset.train_images.reshape(len(dataset.train_images), -1)
-    if settings.train_limit is not None:
-        if settings.train_limit > len(images):
-            raise UsageError(f"--train-limit {settings.train_limit} must be at most {len(images)} (the split's size)")
-        images = images[: settings.train_limit]
-    if settings.batch_size > len(images):
-        raise UsageError(f"--batch-size {settings.batch_size} is larger than the {len(images)} training examples")
-    constants = fit_affine(parse_transform(settings.base), images)
-    x = apply_affine(images, constants.shift, constants.scale).astype(settings.dtype)
-    return x, dataset.train_labels[: len(images)].astype(np.int32)
+    if config.train_limit is not None:
+        if config.train_limit > len(images):
+            raise UsageError(f"--train-limit {config.train_limit} must be at most {len(images)} (the split's size)")
+        images = images[: config.train_limit]
+    if config.batch_size > len(images):
+        raise UsageError(f"--batch-size {config.batch_size} is larger than the {len(images)} training examples")
+    return images, dataset.train_labels[: len(images)].astype(np.int32)
 
 
-def minibatch_orders(seeds: int, steps: int, batch_size: int, num_examples: int):
-    """(seeds, steps, batch) example indices: epochs of shuffled examples, one stream per seed."""
-    orders = []
-    for seed in range(seeds):
-        rng = np.random.default_rng(seed)
-        epochs = -(-steps * batch_size // num_examples)
-        flat = np.concatenate([rng.permutation(num_examples) for _ in range(epochs)])
-        orders.append(flat[: steps * batch_size].reshape(steps, batch_size))
-    return np.stack(orders).astype(np.int32)
+def base_hypers(config: Config, images, lr: float) -> train.Hypers:
+    """B's ``train.Hypers`` in ``config.dtype``: ``--base`` fitted on ``images``, learning rate ``lr``."""
+    constants = fit_affine(parse_transform(config.base), images)
+    return train.Hypers(*(jnp.asarray(v, config.dtype) for v in (constants.shift, constants.scale, lr)))
 
 
-def initial_params(model, seeds: int, input_dim: int, dtype: str):
-    """Flax-initialised params per seed, stacked on a leading axis, cast to ``dtype``."""
-
-    def one(seed):
-        params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, input_dim), jnp.float32))
-        return jax.tree.map(lambda p: p.astype(dtype), params)
-
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *[one(s) for s in range(seeds)])
+def minibatches(program: grid.Program, order_keys, steps: int, num_train: int):
+    """The first ``steps`` minibatches of ``program``'s epochs 0, 1, ... (``grid.epoch_batches``,
+    which depends on the program's batch size only): indices (S, steps, B), weights (steps, B)
+    (zero for the padding of an epoch's last batch) and each step's epoch (steps,) int32."""
+    per_epoch = program.num_steps(num_train)
+    parts = [grid.epoch_batches(program, order_keys, epoch, num_train) for epoch in range(-(-steps // per_epoch))]
+    orders = jnp.concatenate([order for order, _ in parts])[:steps].swapaxes(0, 1)
+    weights = jnp.concatenate([weight for _, weight in parts])[:steps]
+    return orders, weights, jnp.repeat(jnp.arange(len(parts), dtype=jnp.int32), per_epoch)[:steps]
 
 
 # --- the experiment: all variants, files, table -------------------------------------------------
 
 
-def measure(settings: Settings, dataset) -> dict[Variant, dict[str, Any]]:
-    """Runs every variant; returns numpy arrays per variant, each (C, S, steps)."""
-    x, y = base_inputs(settings, dataset)
-    model = make_model(settings.hidden, dataset.num_classes, settings.activation, "glorot-uniform")
-    params_a = initial_params(model, settings.seeds, x.shape[1], settings.dtype)
-    orders = minibatch_orders(settings.seeds, settings.steps, settings.batch_size, len(x))
-    scales = np.asarray(settings.scales, settings.dtype)
+def measure(config: Config, dataset) -> dict[Variant, dict[str, Any]]:
+    """Runs every variant, in ``config.dtype`` (call it under ``jax.enable_x64`` for float64);
+    returns numpy arrays per variant, each (C, S, steps)."""
+    x, y = base_inputs(config, dataset)
+    model = make_model(config.hidden, dataset.num_classes, config.activation, "glorot-uniform")
+    loss_fn = get_loss(config.loss)
+    init_keys, order_keys = grid.seed_keys(np.arange(config.seeds))
+    # scale_grid's program for A with Adam; its minibatch order is the same for every optimiser.
+    program = grid.Program(model, loss_fn, make_direction(OptimizerConfig()), config.batch_size, patience=0)
+    batches = minibatches(program, order_keys, config.steps, len(x))
+    scales = np.asarray(config.scale_values, config.dtype)
     results = {}
-    for variant in chosen_variants(settings):
-        lr = settings.sgd_lr if variant.optimizer == "sgd" else settings.adam_lr
-        records = run_variant(model, get_loss(settings.loss), variant, lr, settings.eps, params_a, scales, x, y, orders)
+    for variant in chosen_variants(config):
+        hypers = base_hypers(config, x, config.sgd_lr if variant.optimizer == "sgd" else config.adam_lr)
+        records = run_variant(model, loss_fn, variant, hypers, config.eps, init_keys, scales, x, y, batches)
         records = jax.tree.map(np.asarray, records)
         results[variant] = {**records._asdict(), "rel_loss_diff": rel_loss_diff(records.loss_a, records.loss_b)}
     return results
@@ -391,23 +448,23 @@ def rel_loss_diff(loss_a, loss_b):
         return np.abs(loss_a - loss_b) / np.maximum(np.abs(loss_b), np.finfo(loss_b.dtype).tiny)
 
 
-def summarize(settings: Settings, results) -> list[dict[str, Any]]:
+def summarize(config: Config, results) -> list[dict[str, Any]]:
     """One entry per (variant, c), in the order run."""
     return [
-        summarize_pair(settings, variant, c, label, {k: v[i] for k, v in arrays.items()})
+        summarize_pair(config, variant, c, label, {k: v[i] for k, v in arrays.items()})
         for variant, arrays in results.items()
-        for i, (c, label) in enumerate(zip(settings.scales, settings.scale_labels, strict=True))
+        for i, (c, label) in enumerate(zip(config.scale_values, config.scales, strict=True))
     ]
 
 
-def summarize_pair(settings: Settings, variant: Variant, c: float, label: str, arrays) -> dict[str, Any]:
+def summarize_pair(config: Config, variant: Variant, c: float, label: str, arrays) -> dict[str, Any]:
     """Deviations of one (variant, c), arrays (seeds, steps): maxima over seeds and over the steps
     where both models are finite, the distance at steps 1, 10, 100, ... (how it grows), and when
     it first passes the tolerance."""
     finite = np.isfinite(arrays["loss_a"]) & np.isfinite(arrays["loss_b"]) & np.isfinite(arrays["rel_param_diff"])
     worst = {k: float(np.max(arrays[k][finite])) if finite.any() else None for k in ("rel_param_diff", "rel_loss_diff")}
-    tolerance = TOLERANCE[settings.dtype]
-    b_eps = settings.eps / c if variant.eps_over_c else settings.eps
+    tolerance = TOLERANCE[config.dtype]
+    b_eps = config.eps / c if variant.eps_over_c else config.eps
     entry = {
         "optimizer": variant.optimizer, "variant": variant.name, "c": c, "c_label": label,
         "b_setup": variant.describe(), "exact_in_real_arithmetic": variant.exact,
@@ -415,7 +472,7 @@ def summarize_pair(settings: Settings, variant: Variant, c: float, label: str, a
         "max_rel_param_diff": worst["rel_param_diff"], "max_rel_loss_diff": worst["rel_loss_diff"],
         "rel_param_diff_at_step": {
             str(step): _finite_or_none(np.max(arrays["rel_param_diff"][:, step - 1]))
-            for step in checkpoint_steps(settings.steps)
+            for step in checkpoint_steps(config.steps)
         },
         "first_step_over_tolerance": _first_step(arrays["rel_param_diff"] > tolerance),
         "nonfinite_steps": int((~finite).sum()),
@@ -446,7 +503,7 @@ def checkpoint_steps(steps: int) -> list[int]:
     return sorted({*(10**k for k in range(len(str(steps))) if 10**k < steps), steps})
 
 
-def trajectories_csv(settings: Settings, results) -> str:
+def trajectories_csv(config: Config, results) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(TRAJECTORY_COLUMNS)
@@ -456,7 +513,7 @@ def trajectories_csv(settings: Settings, results) -> str:
             for seed in range(num_seeds):
                 columns = [arrays[k][i, seed] for k in TRAJECTORY_COLUMNS[5:]]
                 for step in range(steps):
-                    writer.writerow([variant.optimizer, variant.name, repr(settings.scales[i]), seed, step + 1,
+                    writer.writerow([variant.optimizer, variant.name, repr(config.scale_values[i]), seed, step + 1,
                                      *(repr(float(col[step])) for col in columns)])  # fmt: skip
     return out.getvalue()
 
@@ -480,32 +537,35 @@ def format_table(entries: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def config_record(config: Config, dataset_source: str) -> dict[str, Any]:
+    """``config.json``: the ``Config``'s fields as given, then what follows from them."""
+    return {
+        "experiment": PROG, **dataclasses.asdict(config), "scale_values": list(config.scale_values),
+        "dtype": config.dtype, "dataset_source": dataset_source,
+        "variant_setups": [dataclasses.asdict(v) | {"b_setup": v.describe()} for v in chosen_variants(config)],
+        "tolerance": TOLERANCE[config.dtype], "eps_sensitive_ratio": EPS_SENSITIVE_RATIO,
+    }  # fmt: skip
+
+
 def run(argv) -> int:
     args = build_parser().parse_args(argv)
-    settings = settings_from_args(args)
-    parse_transform(settings.base)
-    get_loss(settings.loss)
-    make_model(settings.hidden, 10, settings.activation, "glorot-uniform")
+    config = config_from_args(args)
     out = args.out or Path("runs") / f"{PROG}-{time.strftime('%Y%m%d-%H%M%S')}"
     if (out / "config.json").exists():
         raise UsageError(f"{out} already holds a run; choose another --out")
-    dataset = load_dataset(settings.data, settings.data_dir)
+    dataset = load_dataset(config.data, config.data_dir)
+    base_inputs(config, dataset)  # validates the limits before a run directory exists
+    _make_dir(out)
+    write_json(out / "config.json", config_record(config, dataset.source))
+    print(f"{PROG}: {len(config.variants)} variants x {len(config.scales)} scales x {config.seeds} seeds, "
+          f"{config.steps} steps, {config.dtype} -> {out}", file=sys.stderr)  # fmt: skip
     # A context manager, not jax.config.update: float64 stays on for this run only, so an
     # in-process caller (the tests) keeps its float32 defaults.
-    with jax.enable_x64(settings.dtype == "float64"):
-        base_inputs(settings, dataset)  # validates the limits before a run directory exists
-        _make_dir(out)
-        config = {"experiment": PROG, **dataclasses.asdict(settings), "dataset_source": dataset.source,
-                  "variants": [dataclasses.asdict(v) | {"b_setup": v.describe()} for v in chosen_variants(settings)],
-                  "tolerance": TOLERANCE[settings.dtype], "eps_sensitive_ratio": EPS_SENSITIVE_RATIO}  # fmt: skip
-        write_json(out / "config.json", config)
-        print(f"{PROG}: {len(settings.variants)} variants x {len(settings.scales)} scales x {settings.seeds} seeds, "
-              f"{settings.steps} steps, {settings.dtype} -> {out}", file=sys.stderr)  # fmt: skip
-        results = measure(settings, dataset)
-    entries = summarize(settings, results)
-    atomic_write_text(out / "trajectories.csv", trajectories_csv(settings, results))
-    summary = {"dtype": settings.dtype, "tolerance": TOLERANCE[settings.dtype], "entries": entries}
-    write_json(out / "summary.json", summary)
+    with jax.enable_x64(config.x64):
+        results = measure(config, dataset)
+    entries = summarize(config, results)
+    atomic_write_text(out / "trajectories.csv", trajectories_csv(config, results))
+    write_json(out / "summary.json", {"dtype": config.dtype, "tolerance": TOLERANCE[config.dtype], "entries": entries})
     print(format_table(entries))
     print(f"\nrun directory: {out} (trajectories.csv, summary.json, config.json)")
     return 0

@@ -5,15 +5,23 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from experiments import common, keras_faq, lr_equivalence, preprocess_compare
+from scalelab import grid
+from scalelab.losses import get_loss
+from scalelab.models import make_model
+from scalelab.optim import OptimizerConfig, make_direction
+from scalelab.train import Hypers
+from scalelab.transforms import fit_affine, parse_transform
 from tests.conftest import write_idx_folder
 
 NUM_TRAIN, NUM_TEST = 256, 64
@@ -99,7 +107,8 @@ def test_lr_equivalence_writes_one_trajectory_row_per_step(lr_float32):
     entry = next(e for e in summary["entries"] if e["optimizer"] == "sgd" and e["c_label"] == "255")
     assert max(sgd_255) == pytest.approx(entry["max_rel_param_diff"], rel=1e-6)
     config = json.loads((out / "config.json").read_text())
-    assert config["scales"] == [255.0, 0.255, 1 / 255] and config["dtype"] == "float32"
+    assert config["scales"] == ["255", "0.255", "1/255"] and config["scale_values"] == [255.0, 0.255, 1 / 255]
+    assert config["dtype"] == "float32" and config["steps"] == LR_STEPS and config["hidden"] == [16]
     assert "same-eps" in stdout and "step 1" in stdout
 
 
@@ -123,6 +132,57 @@ def test_lr_equivalence_refuses_an_existing_run(lr_float32, data_dir, capsys):
 def test_parse_scale_accepts_fractions():
     assert lr_equivalence.parse_scale("1/255") == 1 / 255
     assert lr_equivalence.parse_scale(" 0.255 ") == 0.255
+
+
+def test_lr_equivalence_flags_are_the_config_fields_over_the_chosen_preset():
+    parser = lr_equivalence.build_parser()
+    fields = {f.name for f in dataclasses.fields(lr_equivalence.Config)}
+    assert {a.dest for a in parser._actions} == fields | {"help", "out", "quick", "debug"}
+    config = lr_equivalence.config_from_args
+    assert config(parser.parse_args([])) == lr_equivalence.DEFAULT
+    assert config(parser.parse_args(["--quick"])) == lr_equivalence.QUICK
+    quick = config(parser.parse_args(["--quick", "--steps", "7", "--scales", "2,1/2", "--x64", "--hidden", "8,8"]))
+    assert quick == dataclasses.replace(lr_equivalence.QUICK, steps=7, scales=("2", "1/2"), x64=True, hidden=(8, 8))
+    assert quick.scale_values == (2.0, 0.5) and quick.dtype == "float64"
+
+
+def test_lr_equivalence_b_direction_scales_and_re_eps_only_the_first_kernel():
+    params = {"params": {"Dense_0": {"kernel": jnp.full((3, 2), 0.5), "bias": jnp.ones(2)},
+                         "Dense_1": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}}  # fmt: skip
+    grads = jax.tree.map(lambda p: 1e-4 * jnp.arange(p.size, dtype=p.dtype).reshape(p.shape), params)
+    adam = OptimizerConfig(name="adam", eps=1e-3)
+    direction = lr_equivalence.b_direction(adam, 7.0, 1e-5)
+    updates, state = direction.update(grads, direction.init(params), params)
+    plain, plain_state = make_direction(adam).update(grads, make_direction(adam).init(params), params)
+    first, _ = make_direction(dataclasses.replace(adam, eps=1e-5)).update(
+        grads, make_direction(adam).init(params), params
+    )
+    expected = lr_equivalence.first_kernel_map(lambda f, _: 7.0 * f, lambda _, p: p, first, plain)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), updates, expected)
+    jax.tree.map(np.testing.assert_array_equal, state, plain_state)  # epsilon does not enter the state
+
+
+def test_lr_equivalence_model_a_trains_as_scale_grid_does(tiny_dataset):
+    """A's first epoch (seed keys, init, minibatch order with a padded last batch, loss, Adam step)
+    is scale_grid's model on the transform c * base: its mean training loss is the grid's."""
+    steps, batch_size, seeds = 13, 16, 2  # 200 examples: 12 full batches and one of 8
+    config = lr_equivalence.Config(scales=("0.255",), variants=("adam-exact",), steps=steps, seeds=seeds,
+                                   batch_size=batch_size, hidden=(16,))  # fmt: skip
+    (arrays,) = lr_equivalence.measure(config, tiny_dataset).values()
+    real = np.minimum(batch_size, 200 - batch_size * np.arange(steps))
+    mean_loss_a = (arrays["loss_a"][0] * real).sum(axis=1) / 200
+
+    x, y = tiny_dataset.train_images.reshape(200, -1), tiny_dataset.train_labels
+    model = make_model((16,), 10, "relu", "glorot-uniform")
+    program = grid.Program(model, get_loss("ce"), make_direction(OptimizerConfig(eps=1e-7)), batch_size, patience=0)
+    init_keys, order_keys = grid.seed_keys(np.arange(seeds))
+    base = fit_affine(parse_transform("/255"), x)
+    hypers = Hypers(shift=base.shift[None], scale=(np.float32(0.255) * base.scale)[None], lr=np.float32([1e-3]))
+    states = grid.init_grid(program, init_keys, 1, x.shape[1])
+    _, metrics = grid.train_epoch(
+        program, states, hypers, grid.DeviceData(*map(jnp.asarray, (x, y, x[:50], y[:50]))), order_keys, 0
+    )
+    np.testing.assert_allclose(mean_loss_a, np.asarray(metrics.train_loss)[:, 0], rtol=1e-5)
 
 
 # --- keras_faq -----------------------------------------------------------------------------------
