@@ -1,14 +1,29 @@
 """Curvature of saved MLP parameters, so scalelab's numbers can be checked against other tools.
 
-    python -m analysis.curvature --params FILE.npz --inputs /255 --examples 0:512 --top-k 5 \
-        --trace --x64 --json OUT.json
     python -m analysis.curvature --run RUN_DIR --epoch 5 [--model 3] --top-k 5 --x64 --json OUT.json
+    python -m analysis.curvature --params FILE.npz [--model 3] --inputs /255 --loss ce --examples 0:512 \
+        --top-k 5 --trace --x64 --json OUT.json
+
+With ``--run RUN_DIR --epoch E`` the parameters come from ``RUN_DIR/params/epoch_EEE.npz`` (0 = init)
+and everything else from the run's ``config.json``, as the run measured it for ``curvature.csv``:
+the loss (``config.train.loss``, e.g. ``keras-ce``), each model's input transform (fitted on the
+run's own, possibly ``--train-limit``-ed, training split), the activation, widths and init, and the
+examples (the first ``config.curvature.examples`` training examples). The JSON then holds one
+result per model (or only ``--model M``'s), and ``--run RUN --epoch E --model M`` reproduces that
+model's ``loss`` and ``grad_norm`` in ``curvature.csv`` at epoch E to float32 rounding, and its
+``top_eig_1`` within the two Ritz residuals (``top_res_1`` and ours): to rounding once both converged.
 
 ``FILE.npz`` holds Flax-layout arrays ``Dense_0/kernel`` (in, out), ``Dense_0/bias``, ``Dense_1/kernel``,
-...; the widths come from the shapes. The loss is the mean softmax cross-entropy on the given
-training examples after the input transform. With ``--run RUN_DIR --epoch E`` the parameters come
-from ``RUN_DIR/params/epoch_EEE.npz`` (0 = init) and each model's input transform, activation and
-data from the run's config; the JSON then holds one result per model.
+..., or a run's several models as ``model_{m}/Dense_{i}/kernel|bias`` (``params/epoch_EEE.npz``),
+of which ``--model M`` picks one; the widths come from the shapes. The data is the whole training
+split of ``--data`` (default Fashion-MNIST), and the defaults are ``--inputs /255 --loss ce
+--examples 0:512 --activation relu``.
+
+``--loss``, ``--examples``, ``--activation`` and ``--inputs`` override either form's defaults. The loss
+and its gradient come from ``scalelab.train.batch_loss`` and ``global_norm`` and the Hessian from
+``scalelab.curvature.make_chunked_hvp``, as in a run; the eigenvalues from a ``--lanczos-steps``
+Lanczos run (default 64) from a ``--seed`` start vector. Every result names the ``loss_name`` and
+``examples`` it used beside the numbers (``loss``, ``grad_norm``, ``top_eigenvalues``, ...).
 """
 
 from __future__ import annotations
@@ -24,17 +39,26 @@ from scalelab import cli
 from scalelab.errors import ScalelabError, UsageError
 
 PROG = "analysis.curvature"
+# What --params assumes where the file says nothing and no flag is given.
+PARAMS_DEFAULTS = {"inputs": "/255", "examples": "0:512", "activation": "relu", "loss": "ce"}
 
 
 def build_parser() -> cli.Parser:
     p = cli.Parser(prog=f"python -m {PROG}", description=__doc__.split("\n\n")[0])
-    p.add_argument("--params", type=Path, help="npz with Dense_i/kernel and Dense_i/bias arrays")
+    p.add_argument("--params", type=Path, help="npz of Dense_i/kernel|bias arrays, or a run's model_m/Dense_i/...")
     p.add_argument("--run", type=Path, metavar="RUN_DIR", help="a scale_grid run directory (instead of --params)")
     p.add_argument("--epoch", type=cli.non_negative_int, help="with --run: the epoch's saved params (0 = init)")
-    p.add_argument("--model", type=cli.non_negative_int, help="with --run: one model (default: every model)")
-    p.add_argument("--inputs", default="/255", help="input transform, e.g. /255, zscore, [-1,1] (with --params)")
-    p.add_argument("--examples", default="0:512", help="training examples START:STOP (default 0:512)")
-    p.add_argument("--activation", default="relu", help="hidden activation (default relu)")
+    p.add_argument(
+        "--model", type=cli.non_negative_int,
+        help="one model: with --run (default: every model) or of a --params file holding several",
+    )  # fmt: skip
+    p.add_argument("--inputs", help="input transform, e.g. /255, zscore, [-1,1] (default: the run's; --params: /255)")
+    p.add_argument("--loss", help="keras-ce, ce or mse (default: the run's config.train.loss; --params: ce)")
+    p.add_argument(
+        "--examples",
+        help="training examples START:STOP (default: the run's first config.curvature.examples; --params: 0:512)",
+    )
+    p.add_argument("--activation", help="hidden activation (default: the run's; --params: relu)")
     p.add_argument("--top-k", type=cli.positive_int, default=5, help="top eigenvalues to report")
     p.add_argument("--lanczos-steps", type=cli.positive_int, default=64, help="Lanczos steps (default 64)")
     p.add_argument("--trace", action="store_true", help="also estimate the trace (Hutchinson)")
@@ -47,28 +71,71 @@ def build_parser() -> cli.Parser:
     return p
 
 
-def load_flax_npz(path: Path) -> dict:
-    """``{'params': {'Dense_i': {'kernel', 'bias'}}}`` from a flat npz, with shapes checked."""
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+            return {k: npz[k] for k in npz.files}
     except FileNotFoundError:
         raise ScalelabError(f"{path} not found; pass an .npz of Flax-layout MLP parameters") from None
     except Exception as err:
         raise ScalelabError(f"{path} is not a readable .npz ({type(err).__name__})") from None
+
+
+def npz_models(path: Path) -> dict[int | None, dict[str, np.ndarray]]:
+    """The npz's arrays by model: ``{None: arrays}`` for one model's file, ``{m: arrays}`` for a run's."""
+    models: dict[int | None, dict[str, np.ndarray]] = {}
+    for key, value in _read_npz(path).items():
+        match = re.fullmatch(r"model_(\d+)/(.+)", key)
+        model, name = (int(match[1]), match[2]) if match else (None, key)
+        models.setdefault(model, {})[name] = value
+    if None in models and len(models) > 1:
+        raise ScalelabError(f"{path}: mixes model_m/... arrays with others such as {next(iter(models[None]))!r}")
+    return models
+
+
+def pick_model(path: Path, models: dict[int | None, dict], model: int | None) -> tuple[int | None, dict]:
+    """``(model number, its arrays)``: ``--model`` must name one of the file's models when it holds several."""
+    if None in models:
+        if model is not None:
+            raise UsageError(f"--model {model}: {path} holds one model's arrays (no model_m/ prefix); drop --model")
+        return None, models[None]
+    held = sorted(models)
+    names = ", ".join(map(str, held))
+    if model is None:
+        if len(held) == 1:
+            return held[0], models[held[0]]
+        raise UsageError(f"{path} holds models {names}; pick one with --model M")
+    if model not in models:
+        raise UsageError(f"--model {model}: {path} holds models {names}")
+    return model, models[model]
+
+
+def flax_params(path: Path, arrays: dict[str, np.ndarray]) -> dict:
+    """``{'params': {'Dense_i': {'kernel', 'bias'}}}`` from one model's flat arrays, with shapes checked."""
     layers: dict[str, dict] = {}
     for key, value in arrays.items():
         match = re.fullmatch(r"(?:params/)?(Dense_\d+)/(kernel|bias)", key)
         if not match:
-            raise ScalelabError(f"{path}: unexpected array {key!r}; expected Dense_i/kernel and Dense_i/bias")
+            raise ScalelabError(
+                f"{path}: unexpected array {key!r}; expected Dense_i/kernel and Dense_i/bias "
+                "(or a run's model_m/Dense_i/kernel|bias)"
+            )
         layers.setdefault(match[1], {})[match[2]] = value
     names = sorted(layers, key=lambda n: int(n.split("_")[1]))
     if not names or names != [f"Dense_{i}" for i in range(len(names))]:
         raise ScalelabError(f"{path}: layers must be Dense_0..Dense_L without gaps, found {names}")
+    for name in names:
+        if set(layers[name]) != {"kernel", "bias"}:
+            raise ScalelabError(f"{path}: {name} needs both kernel and bias, found {sorted(layers[name])}")
     for prev, name in zip(names, names[1:], strict=False):
         if layers[prev]["kernel"].shape[1] != layers[name]["kernel"].shape[0]:
             raise ScalelabError(f"{path}: {prev} outputs do not match {name} inputs")
     return {"params": layers}
+
+
+def load_flax_npz(path: Path, model: int | None = None) -> dict:
+    """One model's Flax params from an npz: a single model's, or model ``model`` of a run's file."""
+    return flax_params(path, pick_model(path, npz_models(path), model)[1])
 
 
 def parse_examples(text: str) -> slice:
@@ -80,7 +147,8 @@ def parse_examples(text: str) -> slice:
 
 def run(argv) -> int:
     args = build_parser().parse_args(argv)
-    examples = parse_examples(args.examples)
+    if args.examples is not None:
+        parse_examples(args.examples)  # a malformed range is a usage error before anything is loaded
     if (args.params is None) == (args.run is None):
         raise UsageError("give either --params FILE.npz or --run RUN_DIR --epoch E")
     if args.run is not None and args.epoch is None:
@@ -89,12 +157,7 @@ def run(argv) -> int:
 
     # A context, not a global switch: callers in the same process (tests, notebooks) keep float32.
     with jax.enable_x64(bool(args.x64)):
-        if args.params is not None:
-            params, train = load_flax_npz(args.params), _load_train(args)
-            one = analyse(params, args.inputs, args.activation, train, examples, args)
-            result = {"params": str(args.params), **one}
-        else:
-            result = analyse_run(args, examples)
+        result = analyse_params(args) if args.params is not None else analyse_run(args)
     text = json.dumps(result, indent=2)
     if args.json:
         from scalelab.results import atomic_write_text
@@ -104,76 +167,118 @@ def run(argv) -> int:
     return 0
 
 
-def _load_train(args):
+def _setting(args, name: str, run_value=None) -> str:
+    """A flag's value, else the run's (``run_value``), else the --params default."""
+    given = getattr(args, name)
+    if given is not None:
+        return given
+    return PARAMS_DEFAULTS[name] if run_value is None else run_value
+
+
+def analyse_params(args) -> dict:
+    """One model of ``--params FILE.npz`` on the whole training split of ``--data``."""
     from scalelab.data import load_dataset
 
+    model, arrays = pick_model(args.params, npz_models(args.params), args.model)
+    params = flax_params(args.params, arrays)
     dataset = load_dataset(args.data or "fashion_mnist", args.data_dir)
-    return dataset.train_images.reshape(len(dataset.train_images), -1), dataset.train_labels
+    train = dataset.train_images.reshape(len(dataset.train_images), -1), dataset.train_labels.astype(np.int32)
+    layers = params["params"]
+    hidden = tuple(int(layers[f"Dense_{i}"]["kernel"].shape[1]) for i in range(len(layers) - 1))
+    one = analyse(
+        params, hidden=hidden, init="glorot-uniform", activation=_setting(args, "activation"),
+        loss_name=_setting(args, "loss"), inputs=_setting(args, "inputs"), train=train,
+        examples=_setting(args, "examples"), args=args,
+    )  # fmt: skip
+    return {"params": str(args.params), **({} if model is None else {"model": model}), **one}
 
 
-def analyse_run(args, examples: slice) -> dict:
-    """Every (or one) model of a run at a saved epoch, each with its own transform."""
+def analyse_run(args) -> dict:
+    """Every (or one) model of a run at a saved epoch, each as the run measured it."""
     from scalelab.data import load_dataset
+    from scalelab.planning import plan_grid, prepare_arrays
     from scalelab.results import RunDir
-    from scalelab.runner import plan_grid, prepare_arrays
 
     run_dir = RunDir.open(args.run)
     config = run_dir.config()
     dataset = load_dataset(config.data.name, config.data.data_dir)
     plan = plan_grid(config, dataset)
-    # The transform statistics come from the run's own (possibly limited) training split.
+    # The transform statistics and the measured examples come from the run's own (possibly
+    # limited) training split, as in planning.plan_grid and measure.measurement_batch.
     train = prepare_arrays(dataset, config)[:2]
+    run_examples = f"0:{min(config.curvature.examples, len(train[0]))}"
     models = plan.models if args.model is None else [m for m in plan.models if m.index == args.model]
     if not models:
         raise UsageError(f"--model {args.model}: the run has models 0..{len(plan.models) - 1}")
     results = []
     for m in models:
         params = run_dir.load_params(args.epoch, m.index)
-        one = analyse(params, m.inputs, config.model.activation, train, examples, args)
-        results.append({"model": m.index, "seed": m.seed, "lr": m.lr, **one})
+        one = analyse(
+            params, hidden=tuple(config.model.hidden), init=config.model.init,
+            activation=_setting(args, "activation", config.model.activation),
+            loss_name=_setting(args, "loss", config.train.loss), inputs=_setting(args, "inputs", m["inputs"]),
+            train=train, examples=_setting(args, "examples", run_examples), args=args, lr=m["lr"],
+        )  # fmt: skip
+        results.append({**m.columns, **one})  # the model, its grid coordinates, then what was used
     return {"run": str(args.run), "epoch": args.epoch, "models": results}
 
 
-def analyse(params: dict, inputs: str, activation: str, train, examples: slice, args) -> dict:
-    """Loss, gradient norm, top eigenpairs (and trace) of one MLP on the given training examples."""
+def analyse(
+    params: dict, *, hidden: tuple[int, ...], init: str, activation: str, loss_name: str, inputs: str, train,
+    examples: str, args, lr: float = 0.0,
+) -> dict:  # fmt: skip
+    """Loss, gradient norm, top eigenpairs (and trace) of one MLP on the given training examples.
+
+    The loss is ``train.batch_loss`` with the ``Hypers`` a run builds (``transforms.fit_affine`` on
+    ``train``), its Hessian ``curvature.make_chunked_hvp`` of it in ``measure.HVP_CHUNK`` chunks.
+    """
     import jax
     import jax.numpy as jnp
 
     from scalelab import curvature
-    from scalelab.losses import softmax_cross_entropy
+    from scalelab.losses import get_loss
+    from scalelab.measure import HVP_CHUNK
     from scalelab.models import make_model
-    from scalelab.train import global_norm
-    from scalelab.transforms import apply_affine, fit_affine, parse_transform
+    from scalelab.train import Batch, Hypers, batch_loss, global_norm
+    from scalelab.transforms import fit_affine, parse_transform
 
     dtype = jnp.float64 if args.x64 else jnp.float32
     params = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
     layers = params["params"]
-    hidden = tuple(int(layers[f"Dense_{i}"]["kernel"].shape[1]) for i in range(len(layers) - 1))
+    shapes = tuple(int(layers[f"Dense_{i}"]["kernel"].shape[1]) for i in range(len(layers) - 1))
+    if shapes != tuple(hidden):
+        raise ScalelabError(f"the saved params have hidden widths {shapes}, the run's config {tuple(hidden)}")
     num_classes = int(layers[f"Dense_{len(layers) - 1}"]["kernel"].shape[1])
-    model = make_model(hidden, num_classes, activation, "glorot-uniform")
+    model = make_model(hidden, num_classes, activation, init)
+    loss_fn = get_loss(loss_name)
+    rows = parse_examples(examples)
     train_x, train_y = train
-    if examples.stop > len(train_x):
-        raise UsageError(f"--examples {args.examples}: the training split has {len(train_x)} examples")
+    if rows.stop > len(train_x):
+        raise UsageError(f"--examples {examples}: the training split has {len(train_x)} examples")
     if layers["Dense_0"]["kernel"].shape[0] != train_x.shape[1]:
         raise ScalelabError(f"Dense_0 takes {layers['Dense_0']['kernel'].shape[0]} inputs, "
                             f"the data has {train_x.shape[1]} pixels")  # fmt: skip
     constants = fit_affine(parse_transform(inputs), train_x)
-    x = jnp.asarray(apply_affine(train_x[examples], constants.shift, constants.scale), dtype)
-    y = jnp.asarray(train_y[examples], jnp.int32)
+    hypers = Hypers(jnp.asarray(constants.shift, dtype), jnp.asarray(constants.scale, dtype), jnp.asarray(lr, dtype))
+    count = rows.stop - rows.start
+    batch = Batch(
+        x=jnp.asarray(train_x[rows], dtype), y=jnp.asarray(train_y[rows], jnp.int32), weight=jnp.ones(count, dtype)
+    )
 
-    def loss_fn(p):
-        return jnp.mean(softmax_cross_entropy(model.apply(p, x), y))
+    def loss_on(p, chunk: Batch):
+        return batch_loss(model, loss_fn, p, hypers, chunk)[0]
 
-    matvec = curvature.flat_matvec(lambda p, v: curvature.hvp(loss_fn, p, v), params)
+    hvp_fn = curvature.make_chunked_hvp(loss_on, batch, min(HVP_CHUNK, count))
+    matvec = curvature.flat_matvec(hvp_fn, params)
     n = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
     key = jax.random.PRNGKey(args.seed)
     v0 = jax.random.normal(key, (n,), dtype)
     steps = min(args.lanczos_steps, n)  # a Krylov space cannot exceed the dimension
     top = jax.jit(lambda v: curvature.top_eigenpairs(matvec, v, steps, args.top_k))(v0)
-    loss, grads = jax.value_and_grad(loss_fn)(params)
+    loss, grads = jax.jit(jax.value_and_grad(lambda p: loss_on(p, batch)))(params)
     result = {
-        "inputs": inputs, "examples": args.examples, "x64": bool(args.x64),
-        "num_params": n, "loss": float(loss), "grad_norm": float(global_norm(grads)),
+        "inputs": inputs, "loss_name": loss_name, "examples": examples, "activation": activation,
+        "x64": bool(args.x64), "num_params": n, "loss": float(loss), "grad_norm": float(global_norm(grads)),
         "top_eigenvalues": [float(v) for v in top.values], "residuals": [float(r) for r in top.residuals],
         "lanczos_steps": steps,
     }  # fmt: skip
