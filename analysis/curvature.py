@@ -21,7 +21,7 @@ split of ``--data`` (default Fashion-MNIST), and the defaults are ``--inputs /25
 
 ``--loss``, ``--examples``, ``--activation`` and ``--inputs`` override either form's defaults. The loss
 and its gradient come from ``scalelab.train.batch_loss`` and ``global_norm`` and the Hessian from
-``scalelab.curvature.make_chunked_hvp``, as in a run; the eigenvalues from a ``--lanczos-steps``
+``scalelab.measure.hvp_fn``, as in a run; the eigenvalues from a ``--lanczos-steps``
 Lanczos run (default 64) from a ``--seed`` start vector. Every result names the ``loss_name`` and
 ``examples`` it used beside the numbers (``loss``, ``grad_norm``, ``top_eigenvalues``, ...).
 """
@@ -223,59 +223,70 @@ def analyse_run(args) -> dict:
     return {"run": str(args.run), "epoch": args.epoch, "models": results}
 
 
-def analyse(
-    params: dict, *, hidden: tuple[int, ...], init: str, activation: str, loss_name: str, inputs: str, train,
-    examples: str, args, lr: float = 0.0,
-) -> dict:  # fmt: skip
-    """Loss, gradient norm, top eigenpairs (and trace) of one MLP on the given training examples.
-
-    The loss is ``train.batch_loss`` with the ``Hypers`` a run builds (``transforms.fit_affine`` on
-    ``train``), its Hessian ``curvature.make_chunked_hvp`` of it in ``measure.HVP_CHUNK`` chunks.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    from scalelab import curvature
-    from scalelab.losses import get_loss
-    from scalelab.measure import HVP_CHUNK
+def measured_model(params: dict, hidden: tuple[int, ...], init: str, activation: str, input_dim: int):
+    """The run's MLP for ``params``, after checking the saved shapes against the config and the data."""
     from scalelab.models import make_model
-    from scalelab.train import Batch, Hypers, batch_loss, global_norm
-    from scalelab.transforms import fit_affine, parse_transform
 
-    dtype = jnp.float64 if args.x64 else jnp.float32
-    params = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
     layers = params["params"]
     shapes = tuple(int(layers[f"Dense_{i}"]["kernel"].shape[1]) for i in range(len(layers) - 1))
     if shapes != tuple(hidden):
         raise ScalelabError(f"the saved params have hidden widths {shapes}, the run's config {tuple(hidden)}")
+    if layers["Dense_0"]["kernel"].shape[0] != input_dim:
+        raise ScalelabError(f"Dense_0 takes {layers['Dense_0']['kernel'].shape[0]} inputs, "
+                            f"the data has {input_dim} pixels")  # fmt: skip
     num_classes = int(layers[f"Dense_{len(layers) - 1}"]["kernel"].shape[1])
-    model = make_model(hidden, num_classes, activation, init)
-    loss_fn = get_loss(loss_name)
+    return make_model(hidden, num_classes, activation, init)
+
+
+def measurement_inputs(train, inputs: str, examples: str, lr: float, dtype):
+    """(hypers, batch): the transform fitted on ``train`` as a run fits it, and the chosen examples."""
+    import jax.numpy as jnp
+
+    from scalelab.train import Batch, Hypers
+    from scalelab.transforms import fit_affine, parse_transform
+
     rows = parse_examples(examples)
     train_x, train_y = train
     if rows.stop > len(train_x):
         raise UsageError(f"--examples {examples}: the training split has {len(train_x)} examples")
-    if layers["Dense_0"]["kernel"].shape[0] != train_x.shape[1]:
-        raise ScalelabError(f"Dense_0 takes {layers['Dense_0']['kernel'].shape[0]} inputs, "
-                            f"the data has {train_x.shape[1]} pixels")  # fmt: skip
     constants = fit_affine(parse_transform(inputs), train_x)
     hypers = Hypers(jnp.asarray(constants.shift, dtype), jnp.asarray(constants.scale, dtype), jnp.asarray(lr, dtype))
     count = rows.stop - rows.start
     batch = Batch(
         x=jnp.asarray(train_x[rows], dtype), y=jnp.asarray(train_y[rows], jnp.int32), weight=jnp.ones(count, dtype)
     )
+    return hypers, batch
 
-    def loss_on(p, chunk: Batch):
-        return batch_loss(model, loss_fn, p, hypers, chunk)[0]
 
-    hvp_fn = curvature.make_chunked_hvp(loss_on, batch, min(HVP_CHUNK, count))
-    matvec = curvature.flat_matvec(hvp_fn, params)
+def analyse(
+    params: dict, *, hidden: tuple[int, ...], init: str, activation: str, loss_name: str, inputs: str, train,
+    examples: str, args, lr: float = 0.0,
+) -> dict:  # fmt: skip
+    """Loss, gradient norm, top eigenpairs (and trace) of one MLP on the given training examples.
+
+    The loss is ``train.batch_loss`` with the ``Hypers`` a run builds, its Hessian
+    ``measure.hvp_fn``: the very functions a run's measurements use.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from scalelab import curvature
+    from scalelab.losses import get_loss
+    from scalelab.measure import hvp_fn
+    from scalelab.train import batch_loss, global_norm
+
+    dtype = jnp.float64 if args.x64 else jnp.float32
+    params = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
+    model = measured_model(params, hidden, init, activation, train[0].shape[1])
+    loss_fn = get_loss(loss_name)
+    hypers, batch = measurement_inputs(train, inputs, examples, lr, dtype)
+    matvec = curvature.flat_matvec(hvp_fn(model, loss_fn, hypers, batch), params)
     n = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
     key = jax.random.PRNGKey(args.seed)
     v0 = jax.random.normal(key, (n,), dtype)
     steps = min(args.lanczos_steps, n)  # a Krylov space cannot exceed the dimension
     top = jax.jit(lambda v: curvature.top_eigenpairs(matvec, v, steps, args.top_k))(v0)
-    loss, grads = jax.jit(jax.value_and_grad(lambda p: loss_on(p, batch)))(params)
+    loss, grads = jax.jit(jax.value_and_grad(lambda p: batch_loss(model, loss_fn, p, hypers, batch)[0]))(params)
     result = {
         "inputs": inputs, "loss_name": loss_name, "examples": examples, "activation": activation,
         "x64": bool(args.x64), "num_params": n, "loss": float(loss), "grad_norm": float(global_norm(grads)),

@@ -43,9 +43,12 @@ class Measurement(NamedTuple):
     adam_residual: jax.Array  # ()
 
 
-def _hvp_fn(program, hypers: Hypers, batch: Batch):
+def hvp_fn(model, loss_fn, hypers: Hypers, batch: Batch):
+    """``(params, v) -> H v`` of the mean training loss on ``batch`` (``train.batch_loss``), in
+    ``HVP_CHUNK``-example chunks: what every measurement of a run, and ``analysis.curvature``, uses."""
+
     def loss_on(params, chunk: Batch):
-        return batch_loss(program.model, program.loss_fn, params, hypers, chunk)[0]
+        return batch_loss(model, loss_fn, params, hypers, chunk)[0]
 
     return curv.make_chunked_hvp(loss_on, batch, min(HVP_CHUNK, batch.x.shape[0]))
 
@@ -63,9 +66,9 @@ def measure_model(
     state = _without_divergence(state)
     params = state.params
     probes = unit_probes(program.model, program.loss_fn, program.direction, params, state.opt_state, hypers, batch)
-    hvp_fn = _hvp_fn(program, hypers, batch)
+    hvp = hvp_fn(program.model, program.loss_fn, hypers, batch)
     summary = curv.curvature_summary(
-        hvp_fn, params, key, top_k=settings.top_k, num_lanczos_steps=settings.lanczos_steps,
+        hvp, params, key, top_k=settings.top_k, num_lanczos_steps=settings.lanczos_steps,
         num_trace_probes=settings.trace_probes,
     )  # fmt: skip
     if settings.trace_probes < 2:  # no estimate (and no standard error) from fewer than two probes
@@ -76,7 +79,7 @@ def measure_model(
         n = sum(x.size for x in jax.tree.leaves(params))
         v0 = jax.random.normal(jax.random.fold_in(key, 1), (n,), jnp.float32)
         adam = curv.adam_preconditioned_sharpness(
-            hvp_fn, params, state.opt_state, v0, settings.lanczos_steps, include_bias_correction=True,
+            hvp, params, state.opt_state, v0, settings.lanczos_steps, include_bias_correction=True,
             k=1, b1=optimizer.b1, b2=optimizer.b2, eps=optimizer.eps,
         )  # fmt: skip
         # Adam's preconditioner needs at least one update (its bias correction divides by 1 - b2^t).
@@ -97,7 +100,7 @@ def density_grid(program, settings: CurvatureConfig, states, hypers, batch, key)
 
     def one(state, h):
         params = _without_divergence(state).params
-        matvec = curv.flat_matvec(_hvp_fn(program, h, batch), params)
+        matvec = curv.flat_matvec(hvp_fn(program.model, program.loss_fn, h, batch), params)
         n = sum(x.size for x in jax.tree.leaves(params))
         steps = min(settings.density_steps, n)
         density = curv.slq_density(matvec, key, n, settings.density_probes, steps, jnp.zeros(1), 1.0, jnp.float32)
