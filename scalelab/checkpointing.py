@@ -14,7 +14,7 @@ import numpy as np
 
 from scalelab import measure
 from scalelab.config import RunConfig
-from scalelab.errors import UsageError
+from scalelab.errors import ScalelabError, UsageError
 from scalelab.planning import GridPlan
 from scalelab.results import RunDir
 
@@ -27,9 +27,18 @@ class Progress(NamedTuple):
     leaves: list[np.ndarray] | None  # the chunk's state after ``epoch`` epochs; None: start it fresh
     rows: list[dict[str, Any]]
     curvature_rows: list[dict[str, Any]]
+    chunks: list[tuple[slice, slice]] | None = None  # the run's chunk layout (None: plan it)
 
 
 START = Progress(0, 0, None, [], [])
+
+
+def encode_chunks(chunks: list[tuple[slice, slice]]) -> list[list[int]]:
+    return [[s.start, s.stop, v.start, v.stop] for s, v in chunks]
+
+
+def decode_chunks(raw) -> list[tuple[slice, slice]] | None:
+    return None if raw is None else [(slice(a, b), slice(c, d)) for a, b, c, d in raw]
 
 
 def write_tables(run_dir: RunDir, plan: GridPlan, rows, curvature_rows) -> None:
@@ -39,21 +48,30 @@ def write_tables(run_dir: RunDir, plan: GridPlan, rows, curvature_rows) -> None:
         run_dir.write_curvature(sorted(curvature_rows, key=lambda r: (r["model"], r["step"])), columns)
 
 
-def checkpoint(run_dir: RunDir, plan: GridPlan, state, done: tuple[int, int], rows, curvature_rows) -> None:
-    """Tables, then the state of the chunk with ``done = (next chunk, next epoch)``."""
+def checkpoint(run_dir: RunDir, plan: GridPlan, state, position: tuple[int, int], chunks, rows, curvature_rows) -> None:
+    """Tables, then the state of the chunk with ``position = (next chunk, next epoch)``."""
     write_tables(run_dir, plan, rows, curvature_rows)
     leaves = [np.asarray(x) for x in jax.tree.leaves(state)]
-    meta = {"chunk": done[0], "epoch": done[1], "rows": rows, "curvature_rows": curvature_rows, "time": time.time()}
+    meta = {"chunk": position[0], "epoch": position[1], "chunks": encode_chunks(chunks), "rows": rows,
+            "curvature_rows": curvature_rows, "time": time.time()}  # fmt: skip
     run_dir.save_checkpoint(leaves, meta)
 
 
 def check_resumable(run_dir: RunDir, config: RunConfig) -> None:
-    """Refuses to continue a run with another config, naming every differing field."""
-    differences = run_dir.config().differences(config)
+    """Refuses to continue a run with another config, naming every differing field.
+
+    One difference is allowed: more epochs (``--resume RUN --epochs N``), which trains on.
+    """
+    old = run_dir.config()
+    differences = old.differences(config)
+    if differences == ["train.epochs"] and config.train.epochs > old.train.epochs:
+        return
     if differences:
+        fewer = config.train.epochs < old.train.epochs
+        hint = f" (--epochs may only grow: the run has {old.train.epochs})" if fewer else ""
         raise UsageError(
             f"--resume {run_dir.path}: the command line differs from the run's config.json in "
-            f"{', '.join(differences)}; repeat the original flags or start a new --out"
+            f"{', '.join(differences)}{hint}; repeat the original flags or start a new --out"
         )
 
 
@@ -63,7 +81,37 @@ def restore(run_dir: RunDir) -> Progress:
     if loaded is None:
         return START
     leaves, meta = loaded
-    rows, curvature_rows = meta["rows"], meta.get("curvature_rows", [])
+    rows, curvature_rows, chunks = meta["rows"], meta.get("curvature_rows", []), decode_chunks(meta.get("chunks"))
     if meta["epoch"] == 0:  # the saved chunk finished: the next one starts fresh
-        return Progress(meta["chunk"], 0, None, rows, curvature_rows)
-    return Progress(meta["chunk"], meta["epoch"], leaves, rows, curvature_rows)
+        return Progress(meta["chunk"], 0, None, rows, curvature_rows, chunks)
+    return Progress(meta["chunk"], meta["epoch"], leaves, rows, curvature_rows, chunks)
+
+
+def chunk_start(run_dir: RunDir | None, progress: Progress, chunk: int) -> tuple[int, list[np.ndarray] | None]:
+    """(first epoch, state leaves or None) of ``chunk`` on a run resumed at ``progress``.
+
+    The checkpoint's own chunk continues from it; a chunk that finished earlier (its final state
+    is in ``chunks/``) trains on from there when the run now has more epochs (``--resume --epochs
+    N``), and is skipped otherwise; any other chunk starts fresh.
+    """
+    if chunk == progress.chunk and progress.leaves is not None:
+        return progress.epoch, progress.leaves
+    saved = run_dir.load_chunk_state(chunk) if run_dir is not None else None
+    if saved is not None:
+        leaves, meta = saved
+        return int(meta["epochs"]), leaves
+    if chunk < progress.chunk:
+        assert run_dir is not None
+        raise ScalelabError(
+            f"{run_dir.chunk_state_path(chunk)} is missing: this run cannot train on; start a new --out"
+        )
+    return 0, None
+
+
+def record_extension(run_dir: RunDir, config: RunConfig) -> None:
+    """config.json with the new epoch count and, under ``history``, the epochs trained before."""
+    from scalelab.results import read_json, write_json
+
+    raw = read_json(run_dir.config_path)
+    history = [*raw.get("history", []), {"epochs": raw["train"]["epochs"], "extended_at": time.time()}]
+    write_json(run_dir.config_path, {**config.to_dict(), "history": history})

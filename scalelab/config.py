@@ -260,7 +260,7 @@ class RunConfig:
         sections = {f.name: f.type for f in dataclasses.fields(cls)}
         changes = {}
         for name, values in raw.items():
-            if name == "schema_version":
+            if name in ("schema_version", "history"):  # history: the epochs of earlier resumes
                 continue
             if name not in sections:
                 raise UsageError(f"{source}: unknown section {name!r}; sections are {', '.join(sections)}")

@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,6 +108,7 @@ class RunDir:
     metrics_path = property(lambda self: self.path / "metrics.csv")
     summary_path = property(lambda self: self.path / "summary.json")
     checkpoint_path = property(lambda self: self.path / "checkpoint.npz")
+    previous_checkpoint_path = property(lambda self: self.path / "checkpoint.prev.npz")
     status_path = property(lambda self: self.path / "status.json")
     curvature_path = property(lambda self: self.path / "curvature.csv")
     spectrum_path = property(lambda self: self.path / "spectrum.json")
@@ -215,26 +217,66 @@ class RunDir:
         return {"params": layers}
 
     def save_checkpoint(self, leaves: list[np.ndarray], meta: dict[str, Any]) -> None:
-        """Saves the grid state's leaves and a JSON ``meta`` (position, rows so far) in one file."""
-        arrays = {f"leaf_{i:05d}": leaf for i, leaf in enumerate(leaves)}
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stubs take the first ** as allow_pickle
-        atomic_write_bytes(self.checkpoint_path, buffer.getvalue())
+        """Saves the grid state's leaves and a JSON ``meta`` (position, rows so far) in one file.
+
+        The previous checkpoint is kept as ``checkpoint.prev.npz``: if the newest is ever damaged,
+        resume falls back to it (and redoes the epochs in between, bit for bit).
+        """
+        if self.checkpoint_path.exists():
+            os.replace(self.checkpoint_path, self.previous_checkpoint_path)
+        atomic_write_bytes(self.checkpoint_path, _npz_bytes(leaves, meta))
 
     def load_checkpoint(self) -> tuple[list[np.ndarray], dict[str, Any]] | None:
-        if not self.checkpoint_path.exists():
-            return None
-        try:
-            with np.load(self.checkpoint_path) as npz:
-                meta = json.loads(npz["meta"].tobytes().decode())
-                count = len([k for k in npz.files if k.startswith("leaf_")])
-                leaves = [npz[f"leaf_{i:05d}"] for i in range(count)]
-        except Exception as err:  # zip, JSON and key errors all mean the same thing here
+        """The newest readable checkpoint (leaves, meta), warning on stderr when it had to fall back."""
+        candidates = [p for p in (self.checkpoint_path, self.previous_checkpoint_path) if p.exists()]
+        damaged = []
+        for path in candidates:
+            try:
+                loaded = _read_npz_state(path)
+            except ScalelabError as err:
+                damaged.append(str(err))
+                continue
+            if damaged:
+                print(f"warning: {damaged[0]}; resuming from {path.name}", file=sys.stderr)
+            return loaded
+        if damaged:
             raise ScalelabError(
-                f"{self.checkpoint_path} is damaged ({type(err).__name__}); delete it to restart the run from scratch"
-            ) from None
-        return leaves, meta
+                f"{'; '.join(damaged)}; no readable checkpoint is left: delete them to restart the run from scratch"
+            )
+        return None
+
+    def chunk_state_path(self, chunk: int) -> Path:
+        return self.path / "chunks" / f"chunk_{chunk:03d}.npz"
+
+    def save_chunk_state(self, chunk: int, leaves: list[np.ndarray], epochs: int) -> None:
+        """A finished chunk's final state, so ``--resume --epochs N`` can train it on."""
+        self.chunk_state_path(chunk).parent.mkdir(exist_ok=True)
+        atomic_write_bytes(self.chunk_state_path(chunk), _npz_bytes(leaves, {"chunk": chunk, "epochs": epochs}))
+
+    def load_chunk_state(self, chunk: int) -> tuple[list[np.ndarray], dict[str, Any]] | None:
+        path = self.chunk_state_path(chunk)
+        return _read_npz_state(path) if path.exists() else None
+
+
+def _npz_bytes(leaves: list[np.ndarray], meta: dict[str, Any]) -> bytes:
+    arrays = {f"leaf_{i:05d}": leaf for i, leaf in enumerate(leaves)}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stubs take the first ** as allow_pickle
+    return buffer.getvalue()
+
+
+def _read_npz_state(path: Path) -> tuple[list[np.ndarray], dict[str, Any]]:
+    try:
+        with np.load(path) as npz:
+            meta = json.loads(npz["meta"].tobytes().decode())
+            count = len([k for k in npz.files if k.startswith("leaf_")])
+            leaves = [npz[f"leaf_{i:05d}"] for i in range(count)]
+        if not isinstance(meta, dict):
+            raise TypeError("meta is not a table")
+    except Exception as err:  # zip, JSON, key and type errors all mean the same thing here
+        raise ScalelabError(f"{path} is damaged ({type(err).__name__})") from None
+    return leaves, meta
 
 
 def _json_safe(obj):

@@ -142,21 +142,22 @@ def train_plan(
     if resume and run_dir is not None:
         checkpointing.check_resumable(run_dir, plan.config)
         progress = checkpointing.restore(run_dir)
-    loop = GridLoop(plan, run_dir, on_epoch)
+    loop = GridLoop(plan, run_dir, on_epoch, progress.chunks)
     loop.rows, loop.curvature_rows = list(progress.rows), list(progress.curvature_rows)
     with StopRequested() as loop.stop:
-        for c in range(progress.chunk, len(loop.chunks)):
-            restored = progress if c == progress.chunk and progress.leaves is not None else None
-            loop.train_chunk(c, restored)
+        for c in range(len(loop.chunks)):
+            first_epoch, leaves = checkpointing.chunk_start(run_dir, progress, c)
+            if first_epoch < plan.config.train.epochs:
+                loop.train_chunk(c, first_epoch, leaves)
     return sorted(loop.rows, key=lambda r: (r["model"], r["epoch"]))
 
 
 class GridLoop:
     """The chunk and epoch loop of one run, with the rows it has recorded so far."""
 
-    def __init__(self, plan: GridPlan, run_dir: RunDir | None, on_epoch: OnEpoch | None):
+    def __init__(self, plan: GridPlan, run_dir: RunDir | None, on_epoch: OnEpoch | None, chunks=None):
         self.plan, self.run_dir, self.on_epoch = plan, run_dir, on_epoch
-        self.chunks = plan_chunks(plan)
+        self.chunks = chunks or plan_chunks(plan)  # a resumed run keeps its own layout
         self.fns = compile_programs()
         enabled = plan.config.curvature.enabled
         self.recorder = recording.Recorder(plan, self.fns.measure, self.fns.density, run_dir) if enabled else None
@@ -166,7 +167,7 @@ class GridLoop:
         self.curvature_rows: list[dict[str, Any]] = []
         self.stop = StopRequested()
 
-    def place_chunk(self, c: int, restored: checkpointing.Progress | None):
+    def place_chunk(self, c: int, leaves: list[np.ndarray] | None):
         """The chunk's initial (or restored) state, spread over its devices: (chunk, state, data)."""
         plan = self.plan
         seed_slice, variant_slice = self.chunks[c]
@@ -174,8 +175,8 @@ class GridLoop:
         init_keys, order_keys = grid_lib.seed_keys(seeds)
         num_variants = len(range(plan.num_variants)[variant_slice])
         state = sharding.to_host(self.fns.init(plan.program, init_keys, num_variants, plan.data.train_x.shape[1]))
-        if restored is not None and restored.leaves is not None:
-            state = jax.tree.unflatten(jax.tree.structure(state), restored.leaves)
+        if leaves is not None:
+            state = jax.tree.unflatten(jax.tree.structure(state), leaves)
         # The chunk's models are spread over the devices (a (1, 1) mesh on one device), and
         # each device trains its own models (``grid.train_steps`` under ``shard_map``).
         layout, mesh = sharding.grid_placement(len(seeds), num_variants)
@@ -186,9 +187,9 @@ class GridLoop:
         program = dataclasses.replace(plan.program, mesh=mesh)
         return ChunkRun(c, self.chunks[c], order_keys, hypers, layout, program), state, data
 
-    def train_chunk(self, c: int, restored: checkpointing.Progress | None) -> None:
-        chunk, state, data = self.place_chunk(c, restored)
-        first_epoch = restored.epoch if restored is not None else 0
+    def train_chunk(self, c: int, first_epoch: int, leaves: list[np.ndarray] | None) -> None:
+        """Epochs ``first_epoch`` ... of chunk ``c``, from ``leaves`` (None: its initial state)."""
+        chunk, state, data = self.place_chunk(c, leaves)
         if first_epoch == 0:
             if self.recorder is not None:
                 self.curvature_rows.extend(self.recorder.measure(chunk, state, 0, 0.0))
@@ -234,7 +235,10 @@ class GridLoop:
         done = (c, epoch + 1) if epoch + 1 < epochs else (c + 1, 0)
         due = (epoch + 1) % self.plan.config.output.checkpoint_every == 0 or done[1] == 0 or self.stop.requested
         if due and self.writer is not None:
-            checkpointing.checkpoint(self.writer, self.plan, chunk.host(state), done, self.rows, self.curvature_rows)
+            host = chunk.host(state)
+            if done[1] == 0:  # the chunk's final state, for --resume --epochs N later
+                self.writer.save_chunk_state(c, [np.asarray(x) for x in jax.tree.leaves(host)], epochs)
+            checkpointing.checkpoint(self.writer, self.plan, host, done, self.chunks, self.rows, self.curvature_rows)
         if self.on_epoch is not None:
             self.on_epoch(c * epochs + epoch + 1, len(self.chunks) * epochs, self.rows)
         if self.stop.requested and done != (len(self.chunks), 0):

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scalelab.checkpointing import check_resumable, record_extension
 from scalelab.config import RunConfig
 from scalelab.errors import ScalelabError
+from scalelab.locking import RunLock
 from scalelab.results import RunDir, read_json
 from scalelab.schema import Axis, ModelId, grid_axes, grid_models, summarize
 
@@ -91,7 +94,8 @@ def run(
     ``resume=True`` continues the run at ``out`` from its last checkpoint (``config`` must equal
     the run's own, but for the engine and output fields). ``dataset``: an already loaded
     ``scalelab.data.Dataset`` (default: ``config.data`` is loaded). Everything is checked before
-    the run directory is created, so a bad config leaves nothing behind. The summary and, with
+    the run directory is created, so a bad config leaves nothing behind; while it trains, the run
+    directory is locked against a second writer (``scalelab.locking``). The summary and, with
     ``config.output.report``, the report are written at the end.
     """
     from scalelab import runner
@@ -103,26 +107,32 @@ def run(
     use_host_cores()  # on a CPU, one device per core: large grids are split among them (README, Speed)
     if resume and out is None:
         raise ScalelabError("resume=True needs the run directory to continue (out)")
-    run_dir = RunDir.open(Path(out)) if resume else None  # type: ignore[arg-type]
-    if run_dir is not None:
-        from scalelab.checkpointing import check_resumable
-
-        check_resumable(run_dir, config)
     if dataset is None:
         dataset = load_dataset(config.data.name, config.data.data_dir)
     plan = runner.plan_grid(config, dataset)  # every remaining check, before a run directory exists
-    if run_dir is None:
-        run_dir = RunDir.create(Path(out) if out is not None else default_out(name), config)
-    print(f"{name}: {describe(config)} -> {run_dir.path}", file=sys.stderr)
-    with EpochProgress(enabled=progress) as bar:
-        rows = runner.train_plan(plan, run_dir, resume=resume, on_epoch=bar)
-    run_dir.write_summary(summarize(rows, plan.axes))
-    run_dir.write_status("complete", epochs=config.train.epochs)
-    if config.output.report:
-        from analysis import report
+    run_dir = RunDir.open(Path(out)) if resume else RunDir.create(Path(out) if out else default_out(name), config)
+    with writer_lock(run_dir):
+        if resume:
+            check_resumable(run_dir, config)
+            if config.train.epochs > run_dir.config().train.epochs:  # --resume RUN --epochs N: train on
+                record_extension(run_dir, config)
+        print(f"{name}: {describe(config)} -> {run_dir.path}", file=sys.stderr)
+        with EpochProgress(enabled=progress) as bar:
+            rows = runner.train_plan(plan, run_dir, resume=resume, on_epoch=bar)
+        run_dir.write_summary(summarize(rows, plan.axes))
+        run_dir.write_status("complete", epochs=config.train.epochs)
+        if config.output.report:
+            from analysis import report
 
-        report.write_report(run_dir.path)
+            report.write_report(run_dir.path)
     return Run(run_dir.path)
+
+
+def writer_lock(run_dir: RunDir) -> AbstractContextManager:
+    """The run directory's lock (``locking.RunLock``) in process 0; the other hosts write nothing."""
+    import jax
+
+    return RunLock(run_dir.path) if jax.process_index() == 0 else nullcontext()
 
 
 def default_out(name: str) -> Path:

@@ -1,10 +1,11 @@
-"""Run directories under stress: wrong paths, foreign schemas, failed writes, Ctrl-C."""
+"""Run directories under stress: wrong paths, foreign schemas, failed writes, Ctrl-C, two writers."""
 
 import errno
 import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -129,3 +130,35 @@ def test_checkpoint_every_n_epochs_and_always_after_the_last(tiny_dataset, tmp_p
 
     run_grid(config, tiny_dataset, run, checkpoint_every=2, on_epoch=on_epoch)
     assert seen == [None, (0, 2), (1, 0)]
+
+
+def test_a_second_writer_is_refused_naming_the_holder_and_changes_nothing(idx_folder, tmp_path, capsys):
+    """A re-queued job resuming a run that another process is still training (held: a lock in a child)."""
+    run = tmp_path / "run"
+    assert run_cli([*SHORT, "--data-dir", idx_folder, "--out", run], capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from scalelab.locking import RunLock\n"
+         "with RunLock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)", str(run)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        code, err = run_cli(["--resume", run, "--epochs", 3, "--no-progress"], capsys)
+    finally:
+        holder.kill()
+        holder.wait()
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == 1 and len(errors) == 1 and f"PID {holder.pid}" in errors[0] and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"} == before
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(idx_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert run_cli([*SHORT, "--data-dir", idx_folder, "--out", run], capsys)[0] == 0
+    # A holder killed with SIGKILL leaves its lock file behind; the kernel has dropped its flock.
+    subprocess.run([sys.executable, "-c", "import os, sys; from scalelab.locking import RunLock\n"
+                    "RunLock(sys.argv[1]).__enter__(); os.kill(os.getpid(), 9)", str(run)], cwd=ROOT)  # fmt: skip
+    assert json.loads((run / ".lock").read_text())["pid"] > 0
+    code, _ = run_cli(["--resume", run, "--epochs", 3, "--no-progress"], capsys)
+    assert code == 0 and json.loads((run / ".lock").read_text())["pid"] == os.getpid()

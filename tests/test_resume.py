@@ -69,11 +69,55 @@ def test_resume_with_a_different_config_is_refused_naming_the_fields(idx_folder,
     assert code == 2 and "train.epochs" in err and "grid.lrs" in err and err.count("\n") == 1
 
 
-def test_a_damaged_checkpoint_is_reported_not_read(idx_folder, tmp_path, capsys):
+def short_run(idx_folder, out, *extra) -> list[str]:
+    flags = [*FLAGS[:3], "2", *FLAGS[4:], "--data-dir", str(idx_folder), *map(str, extra)]
+    assert scale_grid.main([*flags, "--out", str(out)]) == 0
+    return flags
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one_bit_identically(idx_folder, tmp_path, capsys):
     run = tmp_path / "run"
-    flags = [*FLAGS[:3], "2", *FLAGS[4:], "--data-dir", str(idx_folder)]
-    assert scale_grid.main([*flags, "--out", str(run)]) == 0
+    short_run(idx_folder, run)
+    before = {name: (run / name).read_bytes() for name in ("metrics.csv", "curvature.csv")}
+    assert (run / "checkpoint.prev.npz").exists()
     (run / "checkpoint.npz").write_bytes(b"PK\x03\x04 half a zip")
     capsys.readouterr()
+    assert scale_grid.main(["--resume", str(run), "--no-progress"]) == 0  # redoes the last epoch
+    err = capsys.readouterr().err
+    assert "checkpoint.npz is damaged" in err and "resuming from checkpoint.prev.npz" in err
+    assert {name: (run / name).read_bytes() for name in before} == before
+
+
+def test_two_damaged_checkpoints_are_one_runtime_error(idx_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    short_run(idx_folder, run)
+    for name in ("checkpoint.npz", "checkpoint.prev.npz"):
+        (run / name).write_bytes(b"PK\x03\x04 half a zip")
+    capsys.readouterr()
     assert scale_grid.main(["--resume", str(run), "--no-progress"]) == 1
-    assert "checkpoint.npz is damaged" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "checkpoint.npz is damaged" in errors[0] and "checkpoint.prev.npz is damaged" in errors[0]
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_resume_with_more_epochs_trains_on_bit_identically(idx_folder, tmp_path, capsys, chunk):
+    extra = [] if chunk is None else ["--max-models-per-chunk", chunk]
+    flags = short_run(idx_folder, tmp_path / "extended", *extra)  # 2 epochs
+    longer = [*flags[:3], "4", *flags[4:]]
+    assert scale_grid.main([*longer, "--out", str(tmp_path / "straight")]) == 0
+    assert scale_grid.main(["--resume", str(tmp_path / "extended"), "--epochs", "4", "--no-progress"]) == 0
+    for name in ("metrics.csv", "curvature.csv"):
+        assert (tmp_path / "extended" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
+    config = json.loads((tmp_path / "extended" / "config.json").read_text())
+    assert config["train"]["epochs"] == 4 and [h["epochs"] for h in config["history"]] == [2]
+    assert json.loads((tmp_path / "extended" / "status.json").read_text())["epochs"] == 4
+
+
+def test_resume_with_fewer_epochs_is_refused(idx_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    short_run(idx_folder, run)
+    capsys.readouterr()
+    assert scale_grid.main(["--resume", str(run), "--epochs", "1", "--no-progress"]) == 2
+    assert "--epochs may only grow" in capsys.readouterr().err
