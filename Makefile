@@ -24,6 +24,8 @@ test: $(STAMP) data
 
 lint: $(STAMP)
 	$(PY) -m ruff check scalelab experiments analysis tests
+	$(PY) -m ruff format --check scalelab experiments analysis tests
+	$(PY) -m mypy
 
 bench: $(STAMP) data
 	$(PY) -m experiments.bench $(ARGS)

@@ -30,6 +30,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from scalelab import train
+from scalelab.models import MLP
 from scalelab.sharding import SEEDS, VARIANTS
 from scalelab.train import Batch, Hypers, StepMetrics
 
@@ -57,7 +58,7 @@ class EpochMetrics(NamedTuple):
 class Program:
     """Everything static about a grid: changing any field compiles a new program."""
 
-    model: object  # a Flax module (hashable)
+    model: MLP  # a Flax module (hashable)
     loss_fn: train.LossFn
     direction: optax.GradientTransformation
     batch_size: int
@@ -196,7 +197,7 @@ def _blocked(program: Program, block: int, states, sums, hypers, data: DeviceDat
 
     model_orders = blocks(orders, axis=1)  # (blocks, steps, block, B)
     args = (*jax.tree.map(blocks, (_flat(states), _flat(sums), _flat(hypers))), model_orders)
-    out = jax.lax.map(lambda a: _scan_steps(program, *a[:3], data, a[3], weights, epoch, lambda order: order), args)
+    out = jax.lax.map(lambda a: _scan_steps(program, a[0], a[1], a[2], data, a[3], weights, epoch, lambda o: o), args)
     return jax.tree.map(lambda a: a.reshape(num_blocks * block, *a.shape[2:])[:num_models], out)
 
 

@@ -110,7 +110,8 @@ def run(
     if dataset is None:
         dataset = load_dataset(config.data.name, config.data.data_dir)
     plan = runner.plan_grid(config, dataset)  # every remaining check, before a run directory exists
-    run_dir = RunDir.open(Path(out)) if resume else RunDir.create(Path(out) if out else default_out(name), config)
+    target = Path(out) if out is not None else default_out(name)
+    run_dir = RunDir.open(target) if resume else RunDir.create(target, config)
     with writer_lock(run_dir):
         if resume:
             check_resumable(run_dir, config)

@@ -86,7 +86,7 @@ class StepMetrics(NamedTuple):
     correct_sum: jax.Array
     examples: jax.Array
     grad_norm_sum: jax.Array
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, which nothing here calls
 
     @classmethod
     def zeros(cls) -> StepMetrics:
