@@ -3,8 +3,11 @@ curvature and the gradients.
 
     python -m analysis.plots RUN_DIR        # writes RUN_DIR/figures/*.png and *.svg
 
-Every plot is a function of already-loaded rows that returns a ``matplotlib.figure.Figure``
-(no pyplot, no global state), so tests can inspect what is drawn; saving is separate. The optional
+Every plot is a function of already-loaded rows and the run's grid axes that returns a
+``matplotlib.figure.Figure`` (no pyplot, no global state), so tests can inspect what is drawn;
+saving is separate. Rows group into one series per setting (``Settings``: their values on every
+axis but the seed), labelled by the axes that vary; the figures along the pixel divisor look the
+``inputs`` axis up by name and draw the other setting axes as separate lines. The optional
 files (``curvature.csv``, ``spectrum.json``) only add figures: without them those are skipped.
 Rows with a non-empty ``skipped`` or non-finite numbers are left out of every median.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 import io
 import math
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -27,7 +30,7 @@ from matplotlib.ticker import MaxNLocator
 from scalelab import cli
 from scalelab.errors import ScalelabError
 from scalelab.results import RunDir, atomic_write_bytes, read_json
-from scalelab.schema import Axis, final_rows
+from scalelab.schema import SEED, Axis, axis_names, final_rows, setting_axes
 
 PROG = "analysis.plots"
 FIGURE_FORMATS = ("png", "svg")
@@ -68,6 +71,11 @@ def load_run(path: Path) -> RunData:
 
 # ---------------------------------------------------------------------------- grouping
 
+INPUTS = "inputs"  # the axis the divisor figures, the spectra and the report compare along
+LR = "lr"  # the axis the stability thresholds 2/lr and 38/lr are read from; it does not act before step 1
+
+Key = tuple[Any, ...]  # a row's values on the setting axes, in their order
+
 
 def num(x: float) -> str:
     """Three significant digits, without an exponent below a million (2000, not 2e+03)."""
@@ -91,30 +99,113 @@ def usable(row: dict[str, Any], field: str) -> bool:
     return not row.get("skipped") and isinstance(value, int | float) and math.isfinite(value)
 
 
-def series_key(row: dict[str, Any]) -> tuple[str, float]:
-    return row["inputs"], float(row["lr"])
+def value_text(axis: Axis, value: Any) -> str:
+    """A value as the figures and the report print it: a float to three digits (``num``), else as is."""
+    return num(value) if axis.kind is float else str(value)
 
 
-def ordered_keys(keys: Iterable[tuple[str, float]]) -> list[tuple[str, float]]:
-    """Divisor transforms by C (largest pixels first), then the centred ones by name; then by lr."""
-
-    def order(key):
-        c = divisor_of(key[0])
-        return (0, c, "", key[1]) if c is not None else (1, 0.0, key[0], key[1])
-
-    return sorted(set(keys), key=order)
+def value_label(axis: Axis, value: Any) -> str:
+    """A value in a label: a name as it is ("/255", "relu"), a number after its axis' name ("lr 0.01")."""
+    return value_text(axis, value) if axis.kind is str else f"{axis.name} {value_text(axis, value)}"
 
 
-def series_label(key: tuple[str, float], keys: Sequence[tuple[str, float]]) -> str:
-    """The transform's name, with the lr only when the run has several."""
-    several_lrs = len({lr for _, lr in keys}) > 1
-    return f"{key[0]} lr={key[1]:g}" if several_lrs else key[0]
+def value_order(axis: Axis, value: Any) -> tuple:
+    """Where ``value`` sorts on ``axis``: the ``inputs`` axis by divisor C (largest pixels first), then
+    the centred transforms by name; any other axis in its own order of values, unknown values last."""
+    if axis.name == INPUTS:
+        c = divisor_of(value)
+        return (0, c, "") if c is not None else (1, 0.0, str(value))
+    return (0, axis.values.index(value), "") if value in axis.values else (1, 0.0, str(value))
 
 
-def colors_for(keys: Sequence[tuple[str, float]]) -> dict[tuple[str, float], Any]:
-    """One colour per series, the same in every figure."""
-    cmap = _cmap("tab10" if len(keys) <= 10 else "tab20")
-    return {key: cmap(i % cmap.N) for i, key in enumerate(keys)}
+@dataclass(frozen=True)
+class Settings:
+    """How rows group into series: by their values on the setting axes (every grid axis but the seed,
+    ``schema.setting_axes``), so that the seeds of one setting are the spread of one series.
+
+    A key is ``tuple(row[a.name] for a in axes)``. Keys sort axis by axis (``value_order``); a label
+    names the axes whose values vary among the keys shown (``label``).
+    """
+
+    axes: tuple[Axis, ...]
+
+    @classmethod
+    def of(cls, axes: Sequence[Axis]) -> Settings:
+        """The setting axes of a run's ``axes`` (its seed axis, if there, left out)."""
+        return cls(setting_axes(axes))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return axis_names(self.axes)
+
+    def key(self, row: Mapping[str, Any]) -> Key:
+        return tuple(row[a.name] for a in self.axes)
+
+    def value(self, key: Key, name: str) -> Any:
+        """The key's value on the axis called ``name``."""
+        if name not in self.names:
+            raise ScalelabError(f"this run has no {name!r} axis (its setting axes: {', '.join(self.names)})")
+        return key[self.names.index(name)]
+
+    def without(self, name: str) -> Settings:
+        """The other setting axes: a figure along ``name`` draws one line per setting of these."""
+        return Settings(tuple(a for a in self.axes if a.name != name))
+
+    def project(self, key: Key, onto: Settings) -> Key:
+        """The key's values on ``onto``'s axes (some of these)."""
+        return tuple(self.value(key, name) for name in onto.names)
+
+    def ordered(self, keys: Iterable[Key]) -> list[Key]:
+        """The distinct keys, sorted axis by axis, each in its axis' order of values."""
+        return sorted(set(keys), key=lambda k: tuple(value_order(a, v) for a, v in zip(self.axes, k, strict=True)))
+
+    def values(self, keys: Iterable[Key], name: str) -> list[Any]:
+        """The distinct values on the axis ``name`` among ``keys``, in that axis' order."""
+        axis = self.axes[self.names.index(name)]
+        return sorted({self.value(k, name) for k in keys}, key=lambda v: value_order(axis, v))
+
+    def varying(self, keys: Iterable[Key]) -> list[int]:
+        """The positions of the axes whose values differ among ``keys``; with one setting, that of the
+        ``inputs`` axis (the study's subject), else of the first axis, so that a label is never empty."""
+        keys = list(keys)
+        varying = [i for i in range(len(self.axes)) if len({k[i] for k in keys}) > 1]
+        if varying or not self.axes:
+            return varying
+        return [self.names.index(INPUTS) if INPUTS in self.names else 0]
+
+    def label(self, key: Key, keys: Iterable[Key]) -> str:
+        """The key's values on the axes that vary among ``keys``: "/255"; "/255, lr 0.01"; "relu, /255"."""
+        return ", ".join(value_label(self.axes[i], key[i]) for i in self.varying(keys))
+
+    def describe(self, key: Key) -> str:
+        """The key's values on every axis: "lr 0.001"; "relu, lr 0.001"."""
+        return ", ".join(value_label(a, v) for a, v in zip(self.axes, key, strict=True))
+
+
+@dataclass(frozen=True)
+class Series:
+    """The series one figure draws: their keys in order, with a label and a colour each (a key keeps
+    its colour in every panel of the figure)."""
+
+    settings: Settings
+    keys: tuple[Key, ...]
+
+    @classmethod
+    def of(cls, settings: Settings, rows: Iterable[Mapping[str, Any]]) -> Series:
+        """One series per setting among the measured (not skipped) ``rows``."""
+        return cls(settings, tuple(settings.ordered(settings.key(r) for r in rows if not r.get("skipped"))))
+
+    def label(self, key: Key) -> str:
+        return self.settings.label(key, self.keys)
+
+    def color(self, key: Key):
+        cmap = _cmap("tab10" if len(self.keys) <= 10 else "tab20")
+        return cmap(self.keys.index(key) % cmap.N)
+
+    def noun(self) -> str:
+        """What one series is, for a title: "input transform" when only the transform varies."""
+        names = [self.settings.names[i] for i in self.settings.varying(self.keys)]
+        return "input transform" if names == [INPUTS] else f"setting ({', '.join(names)})"
 
 
 def _cmap(name: str):
@@ -132,18 +223,23 @@ class Band(NamedTuple):
     high: np.ndarray
 
 
-def bands(rows: Sequence[dict[str, Any]], x_field: str, y_field: str) -> dict[tuple[str, float], Band]:
+def bands(rows: Sequence[dict[str, Any]], settings: Settings, x_field: str, y_field: str) -> dict[Key, Band]:
     """Per series: median, min and max of ``y_field`` over models at each ``x_field`` value."""
-    grouped: dict[tuple[str, float], dict[float, list[float]]] = {}
+    grouped: dict[Key, dict[float, list[float]]] = {}
     for row in rows:
         if usable(row, y_field) and usable(row, x_field):
-            grouped.setdefault(series_key(row), {}).setdefault(float(row[x_field]), []).append(float(row[y_field]))
+            grouped.setdefault(settings.key(row), {}).setdefault(float(row[x_field]), []).append(float(row[y_field]))
     out = {}
     for key, by_x in grouped.items():
         xs = sorted(by_x)
         values = [np.asarray(by_x[x]) for x in xs]
         out[key] = Band(np.asarray(xs), *(np.asarray([f(v) for v in values]) for f in (np.median, np.min, np.max)))
     return out
+
+
+def point_bands(rows: Sequence[dict[str, Any]], settings: Settings, field: str) -> dict[Key, Band]:
+    """One-point bands (median, min, max over models) per series, for values with no x axis."""
+    return bands([{**r, "_x": 0.0} for r in rows], settings, "_x", field)
 
 
 def final_models(metrics: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -170,12 +266,25 @@ def draw_band(ax: Axes, band: Band, label: str, color, marker: str | None = None
         ax.fill_between(band.x, band.low, band.high, color=color, alpha=0.2, linewidth=0)
 
 
-def draw_against_divisor(ax: Axes, points: dict[tuple[str, float], Band], colors, keys) -> None:
-    """``/C`` series as one line per lr against C (error bars = min..max over seeds); centred
-    transforms, which have no C, as labelled horizontal lines."""
-    lrs = sorted({lr for _, lr in points})
-    for lr in lrs:
-        divs = sorted((divisor_of(k[0]), k) for k in points if k[1] == lr and divisor_of(k[0]) is not None)
+def draw_bands(ax: Axes, per_key: dict[Key, Band], series: Series, marker: str) -> None:
+    """Every series' band that has points, in series order (a log axis shows the positive ones)."""
+    for key in series.keys:
+        if key in per_key:
+            draw_band(ax, positive(per_key[key]), series.label(key), series.color(key), marker=marker)
+
+
+def draw_against_divisor(ax: Axes, points: dict[Key, Band], series: Series) -> None:
+    """``/C`` transforms against C, one line per setting of the other setting axes (error bars =
+    min..max over seeds); centred transforms, which have no C, as labelled horizontal lines."""
+    settings = series.settings
+    others = settings.without(INPUTS)
+    rests = others.ordered(settings.project(k, others) for k in points)
+    for rest in rests:
+        divs = sorted(
+            (c, k)
+            for k in points
+            if settings.project(k, others) == rest and (c := divisor_of(settings.value(k, INPUTS))) is not None
+        )
         if divs:
             med = np.array([points[k].median[0] for _, k in divs])
             low = np.array([points[k].low[0] for _, k in divs])
@@ -186,12 +295,12 @@ def draw_against_divisor(ax: Axes, points: dict[tuple[str, float], Band], colors
                 yerr=[med - low, high - med],
                 marker="o",
                 capsize=3,
-                color="black" if len(lrs) == 1 else None,
-                label="x / C" + (f" lr={lr:g}" if len(lrs) > 1 else ""),
+                color="black" if len(rests) == 1 else None,
+                label="x / C" + (f", {others.label(rest, rests)}" if len(rests) > 1 else ""),
             )
-    for key in keys:
-        if key in points and divisor_of(key[0]) is None:
-            ax.axhline(points[key].median[0], color=colors[key], linestyle="--", label=series_label(key, keys))
+    for key in series.keys:
+        if key in points and divisor_of(settings.value(key, INPUTS)) is None:
+            ax.axhline(points[key].median[0], color=series.color(key), linestyle="--", label=series.label(key))
     ax.set_xscale("log")
     ax.set_xlabel("pixel divisor C (inputs = pixels / C), log scale")
 
@@ -200,11 +309,6 @@ def legend(ax: Axes, fontsize: str = "small") -> None:
     """A legend, when something was drawn (an empty one only warns)."""
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=fontsize)
-
-
-def point_bands(rows: Sequence[dict[str, Any]], field: str) -> dict[tuple[str, float], Band]:
-    """One-point bands (median, min, max over models) per series, for values with no x axis."""
-    return bands([{**r, "_x": 0.0} for r in rows], "_x", field)
 
 
 def new_figure(ncols: int, title: str, nrows: int = 1, width: float = 5.0) -> tuple[Figure, np.ndarray]:
@@ -221,16 +325,14 @@ def loss_unit(loss_name: str) -> str:
 # ---------------------------------------------------------------------------- the figures
 
 
-def plot_loss_curves(metrics: Sequence[dict[str, Any]], loss_name: str = "keras-ce") -> Figure:
-    """Train and test loss per epoch, one line per input transform: median and min..max band over seeds."""
-    keys = ordered_keys(series_key(r) for r in metrics)
-    colors = colors_for(keys)
-    fig, axes = new_figure(2, "Loss per epoch by input transform (line: median over seeds; band: min..max)")
-    for ax, field in zip(axes, ("train_loss", "test_loss"), strict=True):
-        per_key = bands(metrics, "epoch", field)
-        for key in keys:
-            if key in per_key:
-                draw_band(ax, positive(per_key[key]), series_label(key, keys), colors[key], marker="o")
+def plot_loss_curves(metrics: Sequence[dict[str, Any]], axes: Sequence[Axis], loss_name: str = "keras-ce") -> Figure:
+    """Train and test loss per epoch, one line per setting of ``axes`` (the run's grid axes): median
+    and min..max band over seeds."""
+    settings = Settings.of(axes)
+    series = Series.of(settings, metrics)
+    fig, panels = new_figure(2, f"Loss per epoch by {series.noun()} (line: median over seeds; band: min..max)")
+    for ax, field in zip(panels, ("train_loss", "test_loss"), strict=True):
+        draw_bands(ax, bands(metrics, settings, "epoch", field), series, "o")
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -240,22 +342,27 @@ def plot_loss_curves(metrics: Sequence[dict[str, Any]], loss_name: str = "keras-
     return fig
 
 
-def plot_final_vs_divisor(metrics: Sequence[dict[str, Any]], loss_name: str = "keras-ce") -> Figure:
-    """Final test loss and accuracy against C for ``/C`` inputs; centred inputs as dashed lines."""
+def plot_final_vs_divisor(
+    metrics: Sequence[dict[str, Any]], axes: Sequence[Axis], loss_name: str = "keras-ce"
+) -> Figure:
+    """Final test loss and accuracy against C for ``/C`` inputs, one line per setting of the other
+    setting axes; centred inputs as dashed lines."""
+    settings = Settings.of(axes)
     finals = final_models(metrics)
-    keys = ordered_keys(series_key(r) for r in finals)
-    colors = colors_for(keys)
-    fig, axes = new_figure(2, "Final test loss and accuracy against the pixel divisor C (median, min..max over seeds)")
+    series = Series.of(settings, finals)
+    fig, panels = new_figure(
+        2, "Final test loss and accuracy against the pixel divisor C (median, min..max over seeds)"
+    )
     for ax, field, ylabel in (
-        (axes[0], "test_loss", f"final test loss ({loss_name}, {loss_unit(loss_name)}), log scale"),
-        (axes[1], "test_acc", "final test accuracy (fraction correct)"),
+        (panels[0], "test_loss", f"final test loss ({loss_name}, {loss_unit(loss_name)}), log scale"),
+        (panels[1], "test_acc", "final test accuracy (fraction correct)"),
     ):
-        draw_against_divisor(ax, point_bands(finals, field), colors, keys)
+        draw_against_divisor(ax, point_bands(finals, settings, field), series)
         ax.set_ylabel(ylabel)
         legend(ax, "small")
-    axes[0].set_yscale("log")
-    axes[0].set_title("Test loss after training")
-    axes[1].set_title("Test accuracy after training")
+    panels[0].set_yscale("log")
+    panels[0].set_title("Test loss after training")
+    panels[1].set_title("Test accuracy after training")
     return fig
 
 
@@ -268,18 +375,18 @@ INIT_DIAGNOSTICS = (
 )
 
 
-def plot_init_diagnostics(curvature: Sequence[dict[str, Any]]) -> Figure:
+def plot_init_diagnostics(curvature: Sequence[dict[str, Any]], axes: Sequence[Axis]) -> Figure:
     """At initialisation (step 0): logit size, confidence, clipping, single-class predictions and
-    dead first-layer units, against C."""
+    dead first-layer units, against C (one line per setting of the other setting axes)."""
+    settings = Settings.of(axes)
     rows = step0_rows(curvature)
-    keys = ordered_keys(series_key(r) for r in rows)
-    colors = colors_for(keys)
-    panels = [p for p in INIT_DIAGNOSTICS if any(usable(r, p[0]) for r in rows)]
-    fig, axes = new_figure(
-        max(len(panels), 1), "The network at initialisation (step 0) against the pixel divisor C", width=4.0
+    series = Series.of(settings, rows)
+    fields = [p for p in INIT_DIAGNOSTICS if any(usable(r, p[0]) for r in rows)]
+    fig, panels = new_figure(
+        max(len(fields), 1), "The network at initialisation (step 0) against the pixel divisor C", width=4.0
     )
-    for ax, (field, ylabel, scale) in zip(axes, panels, strict=False):
-        draw_against_divisor(ax, point_bands(rows, field), colors, keys)
+    for ax, (field, ylabel, scale) in zip(panels, fields, strict=False):
+        draw_against_divisor(ax, point_bands(rows, settings, field), series)
         ax.set_yscale(scale)
         if scale == "linear":  # every linear panel is a fraction; a fixed 0..1 axis keeps small spreads small
             ax.set_ylim(-0.02, 1.02)
@@ -289,50 +396,48 @@ def plot_init_diagnostics(curvature: Sequence[dict[str, Any]]) -> Figure:
     return fig
 
 
-def threshold_values(curvature: Sequence[dict[str, Any]], field: str) -> dict[float, float]:
-    """lr -> the (constant) threshold in ``field``, where it is finite."""
-    return {lr: float(np.median(v)) for lr, v in _by_lr(curvature, field).items()}
-
-
-def _by_lr(rows, field):
-    out: dict[float, list[float]] = {}
-    for row in rows:
+def threshold_values(curvature: Sequence[dict[str, Any]], settings: Settings, field: str) -> dict[float, float]:
+    """lr (the value on the ``lr`` axis) -> the (constant) threshold in ``field``, where it is finite."""
+    by_lr: dict[float, list[float]] = {}
+    for row in curvature:
         if usable(row, field):
-            out.setdefault(float(row["lr"]), []).append(float(row[field]))
-    return out
+            by_lr.setdefault(float(settings.value(settings.key(row), LR)), []).append(float(row[field]))
+    return {lr: float(np.median(v)) for lr, v in by_lr.items()}
 
 
-def plot_sharpness(curvature: Sequence[dict[str, Any]]) -> Figure:
+def draw_thresholds(ax: Axes, curvature: Sequence[dict[str, Any]], settings: Settings) -> None:
+    """The SGD (2/lr) and Adam ((2+2b1)/((1-b1) lr)) thresholds of each lr, as grey lines."""
+    for field, style, name in (("sgd_threshold", ":", "SGD"), ("adam_threshold", "-.", "Adam")):
+        for lr, value in threshold_values(curvature, settings, field).items():
+            label = f"{name} threshold {num(value * lr)}/lr = {num(value)}"
+            ax.axhline(value, color="grey", linestyle=style, label=label)
+
+
+def plot_sharpness(curvature: Sequence[dict[str, Any]], axes: Sequence[Axis]) -> Figure:
     """Top Hessian eigenvalue (solid) and Adam's preconditioned sharpness (dashed) against the step,
-    median over seeds, with the stability thresholds 2/lr (SGD) and (2+2b1)/((1-b1) lr) (Adam)."""
-    keys = ordered_keys(series_key(r) for r in curvature if not r.get("skipped"))
-    colors = colors_for(keys)
-    fig, axes = new_figure(
+    median over seeds, one colour per setting, with the stability thresholds 2/lr (SGD) and
+    (2+2b1)/((1-b1) lr) (Adam)."""
+    settings = Settings.of(axes)
+    series = Series.of(settings, curvature)
+    fig, panels = new_figure(
         1, "Sharpness during training against the stability thresholds (median over seeds)", width=9.0
     )
-    ax = axes[0]
-    top, adam = bands(curvature, "step", "top_eig_1"), bands(curvature, "step", "adam_sharpness")
-    for key in keys:
-        if key in top:
-            ax.plot(
-                *positive(top[key])[:2],
-                color=colors[key],
-                marker=".",
-                label=f"{series_label(key, keys)}: top eigenvalue",
-            )
-        if key in adam:
-            ax.plot(
-                *positive(adam[key])[:2],
-                color=colors[key],
-                linestyle="--",
-                marker=".",
-                label=f"{series_label(key, keys)}: Adam preconditioned",
-            )
-    for field, style, name in (("sgd_threshold", ":", "SGD"), ("adam_threshold", "-.", "Adam")):
-        for lr, value in threshold_values(curvature, field).items():
-            ax.axhline(
-                value, color="grey", linestyle=style, label=f"{name} threshold {num(value * lr)}/lr = {num(value)}"
-            )
+    ax = panels[0]
+    curves = [
+        (bands(curvature, settings, "step", field), style, what)
+        for field, style, what in (
+            ("top_eig_1", "-", "top eigenvalue"),
+            ("adam_sharpness", "--", "Adam preconditioned"),
+        )
+    ]
+    for key in series.keys:
+        for per_key, style, what in curves:
+            if key in per_key:
+                x, y = positive(per_key[key])[:2]
+                ax.plot(
+                    x, y, color=series.color(key), linestyle=style, marker=".", label=f"{series.label(key)}: {what}"
+                )
+    draw_thresholds(ax, curvature, settings)
     ax.set_yscale("log")
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("eigenvalue (loss / parameter², log scale)")
@@ -340,12 +445,17 @@ def plot_sharpness(curvature: Sequence[dict[str, Any]]) -> Figure:
     return fig
 
 
-def spectrum_models(spectrum: dict[str, Any], limit: int = MAX_SPECTRA) -> list[dict[str, Any]]:
-    """One model per input transform (lowest seed, lowest lr), at most ``limit`` spread over the scales."""
-    chosen: dict[str, dict] = {}
-    for m in sorted(spectrum.get("models", []), key=lambda m: (m["seed"], m["lr"])):
-        chosen.setdefault(m["inputs"], m)
-    ordered = [chosen[k] for k, _ in ordered_keys((name, 0.0) for name in chosen)]
+def spectrum_models(spectrum: dict[str, Any], axes: Sequence[Axis], limit: int = MAX_SPECTRA) -> list[dict[str, Any]]:
+    """One model per network at init, at most ``limit`` spread over them in series order.
+
+    Models that differ only by seed or by lr start from the same network (the lr acts from step 1
+    on), so the density is drawn for the lowest seed of each setting of the other setting axes.
+    """
+    at_init = Settings.of(axes).without(LR)
+    chosen: dict[Key, dict] = {}
+    for m in sorted(spectrum.get("models", []), key=lambda m: (m[SEED], m["model"])):
+        chosen.setdefault(at_init.key(m), m)
+    ordered = [chosen[k] for k in at_init.ordered(chosen)]
     if len(ordered) > limit:
         ordered = [ordered[i] for i in np.linspace(0, len(ordered) - 1, limit).round().astype(int)]
     return ordered
@@ -372,43 +482,47 @@ def density_grid(nodes: np.ndarray, weights: np.ndarray, points: int = 600) -> t
     return np.linspace(lo - 0.05 * span, hi + 0.05 * span, points), span / 100
 
 
-def plot_spectra(spectrum: dict[str, Any]) -> Figure:
-    """Hessian eigenvalue density at init by stochastic Lanczos quadrature, one panel per scale."""
+def plot_spectra(spectrum: dict[str, Any], axes: Sequence[Axis]) -> Figure:
+    """Hessian eigenvalue density at init by stochastic Lanczos quadrature, one panel per network at
+    init (``spectrum_models``), titled by the values that tell the panels apart."""
     from scalelab.curvature import gaussian_density
 
-    models = spectrum_models(spectrum)
-    fig, axes = new_figure(
+    models = spectrum_models(spectrum, axes)
+    series = Series.of(Settings.of(axes).without(LR), models)
+    fig, panels = new_figure(
         max(len(models), 1),
-        f"Hessian spectral density at initialisation (step {spectrum.get('step', 0)}), one model per input transform",
+        f"Hessian spectral density at initialisation (step {spectrum.get('step', 0)}), one model per {series.noun()}",
         width=3.6,
     )
-    for ax, model in zip(axes, models, strict=False):
+    for ax, model in zip(panels, models, strict=False):
         nodes, weights = probe_arrays(model)
         grid, sigma = density_grid(nodes, weights)
         density = np.asarray(gaussian_density(grid, nodes, weights, sigma)) if nodes.size else np.zeros_like(grid)
         floor = density.max() * 1e-8 if density.max() > 0 else 1.0
         ax.plot(grid, np.where(density > floor, density, np.nan), color="black")
         ax.set_yscale("log")
-        ax.set_title(f"{model['inputs']} (seed {model['seed']}, kernel σ={num(sigma)})")
+        key = series.settings.key(model)
+        ax.set_title(f"{series.label(key)} (seed {model[SEED]}, kernel σ={num(sigma)})")
         ax.set_xlabel("Hessian eigenvalue (loss / parameter²)")
         ax.set_ylabel("density (per unit eigenvalue), log scale")
     return fig
 
 
-def plot_grad_norms(metrics: Sequence[dict[str, Any]], curvature: Sequence[dict[str, Any]] | None = None) -> Figure:
+def plot_grad_norms(
+    metrics: Sequence[dict[str, Any]], axes: Sequence[Axis], curvature: Sequence[dict[str, Any]] | None = None
+) -> Figure:
     """Global gradient norm per epoch (metrics.csv) and, when recorded, per measurement step on the
-    fixed examples (curvature.csv), one line per input transform: median and min..max over seeds."""
+    fixed examples (curvature.csv), one line per setting: median and min..max over seeds."""
+    settings = Settings.of(axes)
     sources = [(metrics, "epoch", "epoch", "per epoch (metrics.csv)")]
     if curvature:
         sources.append((curvature, "step", "optimiser step", "at measurement steps (curvature.csv)"))
-    keys = ordered_keys(series_key(r) for rows, *_ in sources for r in rows)
-    colors = colors_for(keys)
-    fig, axes = new_figure(len(sources), "Gradient norm by input transform (line: median over seeds; band: min..max)")
-    for ax, (rows, x_field, xlabel, where) in zip(axes, sources, strict=True):
-        per_key = bands(rows, x_field, "grad_norm")
-        for key in keys:
-            if key in per_key:
-                draw_band(ax, positive(per_key[key]), series_label(key, keys), colors[key], marker=".")
+    series = Series.of(settings, [r for rows, *_ in sources for r in rows])
+    fig, panels = new_figure(
+        len(sources), f"Gradient norm by {series.noun()} (line: median over seeds; band: min..max)"
+    )
+    for ax, (rows, x_field, xlabel, where) in zip(panels, sources, strict=True):
+        draw_bands(ax, bands(rows, settings, x_field, "grad_norm"), series, ".")
         ax.set_yscale("log")
         ax.set_xlabel(xlabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -425,16 +539,16 @@ def build_figures(data: RunData) -> dict[str, Figure]:
     """Every figure the run's files allow, by file stem; the curvature ones need curvature.csv/spectrum.json."""
     loss_name = str(data.config.get("train", {}).get("loss", "loss"))
     figures = {
-        "loss_curves": plot_loss_curves(data.metrics, loss_name),
-        "final_vs_divisor": plot_final_vs_divisor(data.metrics, loss_name),
+        "loss_curves": plot_loss_curves(data.metrics, data.axes, loss_name),
+        "final_vs_divisor": plot_final_vs_divisor(data.metrics, data.axes, loss_name),
     }
     if data.curvature:
         if step0_rows(data.curvature):
-            figures["init_diagnostics"] = plot_init_diagnostics(data.curvature)
-        figures["sharpness"] = plot_sharpness(data.curvature)
+            figures["init_diagnostics"] = plot_init_diagnostics(data.curvature, data.axes)
+        figures["sharpness"] = plot_sharpness(data.curvature, data.axes)
     if data.spectrum and data.spectrum.get("models"):
-        figures["spectral_density"] = plot_spectra(data.spectrum)
-    figures["grad_norms"] = plot_grad_norms(data.metrics, data.curvature)
+        figures["spectral_density"] = plot_spectra(data.spectrum, data.axes)
+    figures["grad_norms"] = plot_grad_norms(data.metrics, data.axes, data.curvature)
     return figures
 
 

@@ -5,8 +5,11 @@ computed from one run directory.
 
 Every number in the text is measured in that run and every claim is a template whose premise is
 checked against the data first: a sentence the data does not support is replaced by one saying
-what the data shows. ``compute_findings`` (pure) -> ``report_blocks`` -> ``render_markdown`` /
-``render_html``; the figures come from ``analysis.plots``.
+what the data shows. Results are kept per setting (``plots.Settings``: a model's values on every
+grid axis but the seed); the comparisons across input transforms are made at one setting of the
+other setting axes, each axis' first value in the run (the config's first lr). ``compute_findings``
+(pure) -> ``report_blocks`` -> ``render_markdown`` / ``render_html``; the figures come from
+``analysis.plots``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from analysis import plots
-from analysis.plots import RunData, divisor_of, num, ordered_keys, series_key, usable
+from analysis.plots import INPUTS, Key, RunData, Settings, divisor_of, num, usable, value_text
 from scalelab.losses import KERAS_EPSILON
 from scalelab.results import atomic_write_text
 from scalelab.schema import final_rows
@@ -61,14 +64,14 @@ def spread(values) -> dict[str, float] | None:
     return {"mean": float(v.mean()), "min": float(v.min()), "max": float(v.max()), "n": len(v)} if len(v) else None
 
 
-def medians(rows, fields) -> dict[tuple[str, float], dict[str, float]]:
-    """Per series, the median over models of each field (skipped and non-finite values left out)."""
-    out: dict[tuple[str, float], dict[str, float]] = {}
+def medians(rows, settings: Settings, fields) -> dict[Key, dict[str, float]]:
+    """Per setting, the median over models of each field (skipped and non-finite values left out)."""
+    out: dict[Key, dict[str, float]] = {}
     for field in fields:
-        values: dict[tuple[str, float], list[float]] = {}
+        values: dict[Key, list[float]] = {}
         for row in rows:
             if usable(row, field):
-                values.setdefault(series_key(row), []).append(float(row[field]))
+                values.setdefault(settings.key(row), []).append(float(row[field]))
         for key, v in values.items():
             out.setdefault(key, {})[field] = float(np.median(v))
     return out
@@ -83,15 +86,15 @@ def last_rows(curvature) -> list[dict[str, Any]]:
     return list(last.values())
 
 
-def series_finals(metrics) -> dict[tuple[str, float], dict[str, Any]]:
-    """Per series: models, diverged, and mean/min/max of the final test loss/accuracy and the
-    training loss after epoch 1 and at the end."""
+def series_finals(metrics, settings: Settings) -> dict[Key, dict[str, Any]]:
+    """Per setting, in series order: models, diverged, and mean/min/max of the final test
+    loss/accuracy and the training loss after epoch 1 and at the end."""
     finals = final_rows(list(metrics))
     out = {}
-    for key in ordered_keys(series_key(r) for r in finals):
-        members = [r for r in finals if series_key(r) == key]
+    for key in settings.ordered(settings.key(r) for r in finals):
+        members = [r for r in finals if settings.key(r) == key]
         healthy = [r for r in members if not r["diverged"]]
-        first = [r["train_loss"] for r in metrics if series_key(r) == key and r["epoch"] == 1 and not r["diverged"]]
+        first = [r["train_loss"] for r in metrics if settings.key(r) == key and r["epoch"] == 1 and not r["diverged"]]
         out[key] = {
             "models": len(members),
             "diverged": len(members) - len(healthy),
@@ -103,27 +106,30 @@ def series_finals(metrics) -> dict[tuple[str, float], dict[str, Any]]:
     return out
 
 
-def main_lr(config: dict, lrs: list[float]) -> float:
-    """The lr the cross-transform comparisons use: the config's first, else the smallest."""
-    wanted = [float(x) for x in config.get("grid", {}).get("lrs", [])]
-    return next((lr for lr in wanted if lr in lrs), min(lrs))
+def compared_setting(keys, settings: Settings) -> Key:
+    """The setting of the other setting axes (all but ``inputs``) the cross-transform comparisons use:
+    the first in the axes' order of values (the config's first lr), among those the run has."""
+    others = settings.without(INPUTS)
+    present = others.ordered(settings.project(k, others) for k in keys)
+    return present[0] if present else ()
 
 
-def reference_key(finals, lr) -> tuple[str, float] | None:
-    """/255 (what the posts recommend) if the run has it, else the divisor with the lowest final test loss."""
-    divs = [k for k in finals if k[1] == lr and divisor_of(k[0]) is not None and finals[k]["test_loss"]]
-    if (std := ("/255", lr)) in divs:
-        return std
-    return min(divs, key=lambda k: finals[k]["test_loss"]["mean"], default=None)
+def reference_key(finals, divisors, settings: Settings) -> Key | None:
+    """Among ``divisors``' keys, /255 (what the posts recommend) if the run has it, else the one with
+    the lowest final test loss."""
+    measured = [k for k in divisors if finals[k]["test_loss"]]
+    standard = [k for k in measured if settings.value(k, INPUTS) == "/255"]
+    return standard[0] if standard else min(measured, key=lambda k: finals[k]["test_loss"]["mean"], default=None)
 
 
-def sharpness_findings(curvature) -> list[dict[str, Any]]:
-    """Per series: the peak of the median top eigenvalue (and Adam's sharpness) and the share of
+def sharpness_findings(curvature, settings: Settings) -> list[dict[str, Any]]:
+    """Per setting: the peak of the median top eigenvalue (and Adam's sharpness) and the share of
     measurements above each threshold."""
     out = []
-    top, adam = plots.bands(curvature, "step", "top_eig_1"), plots.bands(curvature, "step", "adam_sharpness")
-    for key in ordered_keys(top):
-        rows = [r for r in curvature if series_key(r) == key]
+    top = plots.bands(curvature, settings, "step", "top_eig_1")
+    adam = plots.bands(curvature, settings, "step", "adam_sharpness")
+    for key in settings.ordered(top):
+        rows = [r for r in curvature if settings.key(r) == key]
         entry = {"key": key, "top": float(top[key].median.max()), "top_step": int(top[key].x[top[key].median.argmax()])}
         for name, field, threshold in (
             ("sgd", "top_eig_1", "sgd_threshold"),
@@ -143,34 +149,50 @@ def sharpness_findings(curvature) -> list[dict[str, Any]]:
 
 
 def compute_findings(data: RunData) -> dict[str, Any]:
-    """Everything the report states, as numbers; None where the run has not the data for it."""
-    finals = series_finals(data.metrics)
-    lr = main_lr(data.config, sorted({k[1] for k in finals}))
+    """Everything the report states, as numbers; None where the run has not the data for it.
+
+    Results are keyed by setting (``plots.Settings`` of the run's axes); ``at`` is the setting of the
+    other setting axes where the transforms are compared (``compared_setting``), ``divisors`` and
+    ``centred`` the ``/C`` and the other transforms there.
+    """
+    settings = Settings.of(data.axes)
+    others = settings.without(INPUTS)
+    finals = series_finals(data.metrics, settings)
+    at = compared_setting(finals, settings)
+    compared = [k for k in finals if settings.project(k, others) == at]
+    divisor = {k: divisor_of(settings.value(k, INPUTS)) for k in compared}
     curvature = data.curvature or []
-    init = medians(plots.step0_rows(curvature), INIT_FIELDS)
-    last = medians(last_rows(curvature), ("clipped_wrong_frac", "predicted_class_frac"))
-    divisors = sorted(
-        (k for k in finals if k[1] == lr and divisor_of(k[0]) is not None), key=lambda k: divisor_of(k[0])
-    )
-    ref = reference_key(finals, lr)
-    larger = [k for k in divisors if ref and divisor_of(k[0]) > divisor_of(ref[0])]
+    divisors = sorted((k for k in compared if divisor[k] is not None), key=lambda k: divisor[k])
+    ref = reference_key(finals, divisors, settings)
+    larger = [k for k in divisors if ref and divisor[k] > divisor[ref]]
     return {
         "config": data.config,
-        "lr": lr,
+        "settings": settings,
+        "at": at,
         "finals": finals,
-        "init": init,
-        "last": last,
+        "init": medians(plots.step0_rows(curvature), settings, INIT_FIELDS),
+        "last": medians(last_rows(curvature), settings, ("clipped_wrong_frac", "predicted_class_frac")),
         "divisors": divisors,
         "ref": ref,
         "largest_pixels": divisors[0] if divisors else None,
         "slow": larger[-1] if larger else None,
-        "centred": [k for k in finals if k[1] == lr and divisor_of(k[0]) is None],
-        "sharpness": sharpness_findings(curvature),
+        "centred": [k for k in compared if divisor[k] is None],
+        "sharpness": sharpness_findings(curvature, settings),
         "has_curvature": bool(curvature),
     }
 
 
 # ---------------------------------------------------------------------------- sentences
+
+
+def transform(f, key: Key) -> str:
+    """The key's input transform ("/255"): how the sentences along the inputs axis name a setting."""
+    return f["settings"].value(key, INPUTS)
+
+
+def ratio_of_divisors(f, a: Key, b: Key) -> float:
+    """C of ``a`` over C of ``b``: how many times smaller ``a``'s inputs are."""
+    return divisor_of(transform(f, a)) / divisor_of(transform(f, b))
 
 
 def pct(x: float) -> str:
@@ -193,46 +215,59 @@ def relation(a: dict[str, float], b: dict[str, float]) -> str:
 
 
 def setup_sentence(f) -> str:
-    c = f["config"]
+    """The grid and what every model shares: the input transforms first, the other setting axes
+    (the lrs, ...) after the optimiser, each with its values in the run."""
+    c, settings = f["config"], f["settings"]
     grid, train, opt = c.get("grid", {}), c.get("train", {}), c.get("optimizer", {})
     models = sum(v["models"] for v in f["finals"].values())
+
+    def listing(axis) -> str:
+        return f"{axis.name} {', '.join(value_text(axis, v) for v in settings.values(f['finals'], axis.name))}; "
+
+    others = "".join(listing(a) for a in settings.without(INPUTS).axes)
     return (
-        f"{models} models: inputs {', '.join(k[0] for k in ordered_keys(f['finals']))}; "
+        f"{models} models: {listing(settings.axes[settings.names.index(INPUTS)])}"
         f"{grid.get('seeds', '?')} seeds; {train.get('epochs', '?')} epochs; optimiser {opt.get('name', '?')}; "
-        f"lr {', '.join(num(x) for x in sorted({k[1] for k in f['finals']}))}; loss {train.get('loss', '?')}; "
-        f"data {c.get('data', {}).get('name', '?')}. Means and ranges are over seeds."
+        f"{others}loss {train.get('loss', '?')}; data {c.get('data', {}).get('name', '?')}. "
+        "Means and ranges are over seeds."
     )
 
 
 def final_sentences(f) -> list[str]:
-    ranked = [k for k in f["finals"] if k[1] == f["lr"] and f["finals"][k]["test_loss"]]
+    """The best and the worst transform at the compared setting, and every setting with diverged models."""
+    ranked = [k for k in f["divisors"] + f["centred"] if f["finals"][k]["test_loss"]]
     ranked.sort(key=lambda k: f["finals"][k]["test_loss"]["mean"])
     out = []
     if len(ranked) >= 2:
         best, worst = f["finals"][ranked[0]], f["finals"][ranked[-1]]
+        where = f["settings"].without(INPUTS).describe(f["at"])
         out.append(
-            f"At lr {num(f['lr'])} the lowest final test loss is {ranked[0][0]}'s {num(best['test_loss']['mean'])} "
-            f"(accuracy {pct(best['test_acc']['mean'])}); the highest is {ranked[-1][0]}'s "
-            f"{num(worst['test_loss']['mean'])} (accuracy {pct(worst['test_acc']['mean'])})."
+            f"{f'At {where} the' if where else 'The'} lowest final test loss is {transform(f, ranked[0])}'s "
+            f"{num(best['test_loss']['mean'])} (accuracy {pct(best['test_acc']['mean'])}); the highest is "
+            f"{transform(f, ranked[-1])}'s {num(worst['test_loss']['mean'])} "
+            f"(accuracy {pct(worst['test_acc']['mean'])})."
         )
-    diverged = [f"{k[0]} ({v['diverged']} of {v['models']})" for k, v in f["finals"].items() if v["diverged"]]
+    keys = list(f["finals"])
+    label = f["settings"].label
+    diverged = [f"{label(k, keys)} ({v['diverged']} of {v['models']})" for k, v in f["finals"].items() if v["diverged"]]
     if diverged:
         out.append(f"Diverged models, left out of the averages: {', '.join(diverged)}.")
     return out
 
 
 def saturation_sentences(f) -> list[str]:
+    """Whether the largest pixels saturate the softmax at init, and what Keras' clip then does."""
     key, ref = f["largest_pixels"], f["ref"]
-    init, last, final = f["init"].get(key or ("", 0), {}), f["last"].get(key or ("", 0), {}), f["finals"].get(key)
+    init, last, final = f["init"].get(key, {}), f["last"].get(key, {}), f["finals"].get(key)
     if not key or "clipped_wrong_frac" not in init:
         return []
-    name, out = key[0], []
+    name, out = transform(f, key), []
     logit = init.get("mean_abs_logit")
     if logit is not None:
         compare = f["init"].get(ref, {}).get("mean_abs_logit") if ref and ref != key else None
         out.append(
             f"At initialisation, {name} gives a mean |logit| of {num(logit)}"
-            + (f", {num(logit / compare)} times the {num(compare)} at {ref[0]}." if compare else ".")
+            + (f", {num(logit / compare)} times the {num(compare)} at {transform(f, ref)}." if compare else ".")
         )
     clipped = max(init["clipped_wrong_frac"], last.get("clipped_wrong_frac", 0.0))
     when = f"{pct(init['clipped_wrong_frac'])} at step 0" + (
@@ -249,7 +284,7 @@ def saturation_sentences(f) -> list[str]:
     one_class = last.get("predicted_class_frac", init.get("predicted_class_frac"))
     if one_class is not None and one_class > SINGLE_CLASS:
         ref_class = f["last"].get(ref, {}).get("predicted_class_frac") if ref and ref != key else None
-        versus = f" (at {ref[0]}: {pct(ref_class)})" if ref_class is not None else ""
+        versus = f" (at {transform(f, ref)}: {pct(ref_class)})" if ref_class is not None else ""
         out.append(
             f"At the last measurement the model gives {pct(one_class)} of the examples the same class{versus}: "
             "it predicts (nearly) one class."
@@ -269,12 +304,13 @@ def saturation_sentences(f) -> list[str]:
 
 
 def adam_sentences(f) -> list[str]:
+    """Adam's relative first-layer step at init across the divisors, against the gradient's norm."""
     opt = f["config"].get("optimizer", {}).get("name")
     rows = [(k, f["init"][k]) for k in f["divisors"] if "update_ratio_0" in f["init"].get(k, {})]
     if opt not in ADAM_OPTIMIZERS or len(rows) < 2:
         return []
     (big, a), (small, b) = rows[0], rows[-1]
-    listing = "; ".join(f"{k[0]}: {num(v['update_ratio_0'])}" for k, v in rows)
+    listing = "; ".join(f"{transform(f, k)}: {num(v['update_ratio_0'])}" for k, v in rows)
     out = [f"Adam's first-layer step relative to the weights, ||lr·update|| / ||W|| at step 0: {listing}."]
     if all(d.get("grad_norm_0", 0) > 0 and d["update_ratio_0"] > 0 for d in (a, b)):
         g, u = a["grad_norm_0"] / b["grad_norm_0"], b["update_ratio_0"] / a["update_ratio_0"]
@@ -282,8 +318,9 @@ def adam_sentences(f) -> list[str]:
         moves = (
             f"stays at {before}" if before == after else f"{'grows' if u > 1 else 'shrinks'} from {before} to {after}"
         )
+        smaller = num(ratio_of_divisors(f, small, big))
         out.append(
-            f"From {big[0]} to {small[0]} (inputs {num(divisor_of(small[0]) / divisor_of(big[0]))} times smaller) the "
+            f"From {transform(f, big)} to {transform(f, small)} (inputs {smaller} times smaller) the "
             f"first layer's gradient norm {'falls' if g >= 1 else 'rises'} by a factor {num(max(g, 1 / g))} "
             f"({num(a['grad_norm_0'])} → {num(b['grad_norm_0'])}), while its relative step {moves}."
         )
@@ -295,34 +332,37 @@ def adam_sentences(f) -> list[str]:
     if "preact_std_0" in a and "preact_std_0" in b:
         out.append(
             f"The same relative step moves the first-layer pre-activations in proportion to the inputs: their "
-            f"std at init is {num(a['preact_std_0'])} at {big[0]} and {num(b['preact_std_0'])} at {small[0]}."
+            f"std at init is {num(a['preact_std_0'])} at {transform(f, big)} and {num(b['preact_std_0'])} "
+            f"at {transform(f, small)}."
         )
     return out
 
 
 def slow_sentences(f) -> list[str]:
+    """The next larger divisor than the reference's against it: pace, final loss, and why."""
     ref, other = f["ref"], f["slow"]
     if not ref or not other:
         return []
     a, b = f["finals"][other], f["finals"][ref]
+    ref_name, other_name = transform(f, ref), transform(f, other)
     out = []
     if a["train_loss_1"] and b["train_loss_1"]:
         rel = relation(a["train_loss_1"], b["train_loss_1"])
         pace = {"higher than": "it learns more slowly at first", "lower than": "it learns faster at first"}
         out.append(
-            f"After epoch 1 the training loss at {other[0]} is {mean_range(a['train_loss_1'])}, {rel} "
-            f"{mean_range(b['train_loss_1'])} at {ref[0]}" + (f": {pace[rel]}." if rel in pace else ".")
+            f"After epoch 1 the training loss at {other_name} is {mean_range(a['train_loss_1'])}, {rel} "
+            f"{mean_range(b['train_loss_1'])} at {ref_name}" + (f": {pace[rel]}." if rel in pace else ".")
         )
     if a["test_loss"] and b["test_loss"]:
         rel = relation(a["test_loss"], b["test_loss"])
         word = {"higher than": "worse than", "lower than": "better than"}.get(rel, "indistinguishable from")
         out.append(
-            f"At the end the test loss at {other[0]} is {mean_range(a['test_loss'])} against "
-            f"{mean_range(b['test_loss'])} at {ref[0]}: {other[0]} is {word} {ref[0]} in this run."
+            f"At the end the test loss at {other_name} is {mean_range(a['test_loss'])} against "
+            f"{mean_range(b['test_loss'])} at {ref_name}: {other_name} is {word} {ref_name} in this run."
         )
     ia, ib = f["init"].get(other, {}), f["init"].get(ref, {})
     if all("grad_norm_0" in d and "preact_std_0" in d for d in (ia, ib)) and ib["preact_std_0"] > 0:
-        ratio = divisor_of(other[0]) / divisor_of(ref[0])
+        ratio = ratio_of_divisors(f, other, ref)
         out.append(
             f"Its inputs are {num(ratio)} times smaller, so at init the first layer's pre-activations have "
             f"std {num(ia['preact_std_0'])} against {num(ib['preact_std_0'])}, and its gradient norm is "
@@ -332,17 +372,16 @@ def slow_sentences(f) -> list[str]:
             out.append(
                 f"Adam's relative first-layer step is {num(ia['update_ratio_0'])} against "
                 f"{num(ib['update_ratio_0'])}, so each step changes the first layer's output about "
-                f"{num(ratio * ib['update_ratio_0'] / ia['update_ratio_0'])} times less at {other[0]}."
+                f"{num(ratio * ib['update_ratio_0'] / ia['update_ratio_0'])} times less at {other_name}."
             )
     return out
 
 
 def sharpness_sentences(f) -> list[str]:
-    out = []
+    """Per setting: the sharpness' peak and how often it is above each stability threshold."""
+    out, keys = [], [e["key"] for e in f["sharpness"]]
     for entry in f["sharpness"]:
-        name = entry["key"][0] + (
-            f" (lr {num(entry['key'][1])})" if len({e["key"][1] for e in f["sharpness"]}) > 1 else ""
-        )
+        name = f["settings"].label(entry["key"], keys)
         text = f"{name}: the top Hessian eigenvalue peaks at {num(entry['top'])} (step {entry['top_step']})"
         if "sgd" in entry:
             s = entry["sgd"]
@@ -358,24 +397,26 @@ def sharpness_sentences(f) -> list[str]:
 
 
 def centred_sentences(f) -> list[str]:
+    """Each centred transform against the reference: dead units at init and final test loss."""
     ref, out = f["ref"], []
     if not ref:
         return out
+    ref_name = transform(f, ref)
     ref_dead, ref_final = f["init"].get(ref, {}).get("dead_frac_0"), f["finals"][ref]["test_loss"]
     for key in f["centred"]:
         parts, dead, final = [], f["init"].get(key, {}).get("dead_frac_0"), f["finals"][key]["test_loss"]
         if dead is not None and ref_dead is not None:
             word = "fewer than" if dead < ref_dead else "more than" if dead > ref_dead else "as many as"
             parts.append(
-                f"{pct(dead)} of the first-layer units are dead at init, {word} the {pct(ref_dead)} at {ref[0]}"
+                f"{pct(dead)} of the first-layer units are dead at init, {word} the {pct(ref_dead)} at {ref_name}"
             )
         if final and ref_final:
             parts.append(
                 f"the final test loss is {mean_range(final)}, {relation(final, ref_final)} "
-                f"{mean_range(ref_final)} at {ref[0]}"
+                f"{mean_range(ref_final)} at {ref_name}"
             )
         if parts:
-            out.append(f"{key[0]}: " + "; ".join(parts) + ".")
+            out.append(f"{transform(f, key)}: " + "; ".join(parts) + ".")
     return out
 
 
@@ -383,11 +424,13 @@ def centred_sentences(f) -> list[str]:
 
 
 def final_table(f) -> tuple[list[str], list[list[str]]]:
-    header = ["inputs", "lr", "models", "diverged", "train loss, epoch 1", "final test loss", "final test accuracy"]
+    """One row per setting: its value on each setting axis, then its models and final numbers."""
+    axes = f["settings"].axes
+    header = [a.name for a in axes]
+    header += ["models", "diverged", "train loss, epoch 1", "final test loss", "final test accuracy"]
     rows = [
         [
-            k[0],
-            num(k[1]),
+            *(value_text(a, v) for a, v in zip(axes, k, strict=True)),
             str(v["models"]),
             str(v["diverged"]),
             mean_range(v["train_loss_1"]),
@@ -401,18 +444,14 @@ def final_table(f) -> tuple[list[str], list[list[str]]]:
 
 def report_blocks(f: dict[str, Any], figure_names) -> list[tuple]:
     """The report as ('h1'|'h2'|'p', text), ('table', header, rows) and ('figure', name) blocks."""
-    largest, ref, slow = f["largest_pixels"], f["ref"], f["slow"]
+    largest, ref, slow = (transform(f, k) if k else "" for k in (f["largest_pixels"], f["ref"], f["slow"]))
     sections = [
         ("Final loss and accuracy per input transform", final_sentences(f), ["loss_curves", "final_vs_divisor"]),
-        (
-            f"Large inputs ({largest[0] if largest else 'none'}) at initialisation",
-            saturation_sentences(f),
-            ["init_diagnostics"],
-        ),
+        (f"Large inputs ({largest or 'none'}) at initialisation", saturation_sentences(f), ["init_diagnostics"]),
         ("Adam's step and the first layer", adam_sentences(f), []),
-        (f"{slow[0] if slow else ''} against {ref[0] if ref else ''}", slow_sentences(f), ["grad_norms"]),
+        (f"{slow} against {ref}", slow_sentences(f), ["grad_norms"]),
         ("Sharpness against the stability thresholds", sharpness_sentences(f), ["sharpness", "spectral_density"]),
-        (f"Centred inputs against {ref[0] if ref else ''}", centred_sentences(f), []),
+        (f"Centred inputs against {ref}", centred_sentences(f), []),
     ]
     blocks: list[tuple] = [
         ("h1", "Why input scale matters: findings of this run"),

@@ -1,7 +1,11 @@
-"""Small synthetic run directories in the format of notes/run-directory-schema.md, for the analysis tests.
+"""Small synthetic run directories in the format of scalelab/schema.py, for the analysis tests.
 
 Each input transform gets an ``Outcome``: what its models measure. Seeds differ by a small known
-factor, so medians, ranges and every number the report prints can be predicted by the test.
+factor, and so do the values of every other setting axis, so medians, ranges and every number the
+report prints can be predicted by the test. The models are those of ``schema.grid_models`` over
+``spec_axes(spec)``: seed, the spec's extra axes (hypothetical ones, such as an activation), inputs
+and lr. A run directory can only declare today's axes in its config.json, so a spec with extra axes
+gives rows (``metrics_rows``, ``curvature_rows``, ``spectrum``) but no directory.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from scalelab.schema import SEED, Axis, ModelId, grid_models
 
 LAYERS = 2  # one hidden layer: Dense_0 (hidden), Dense_1 (output)
 TOP_K = 2
@@ -37,14 +43,25 @@ class RunSpec:
     outcomes: dict[str, Outcome]
     seeds: int = 2
     epochs: int = 3
-    lr: float = 1e-3
+    lrs: tuple[float, ...] = (1e-3,)
     steps_per_epoch: int = 10
     curvature: bool = True
     spectrum: bool = True
     skipped_models: set[int] = field(default_factory=set)  # these models' curvature rows after init are skipped
+    extra_axes: tuple[Axis, ...] = ()  # setting axes before inputs (e.g. activation); rows only, no directory
 
 
 MAX_STEP = RunSpec.epochs * RunSpec.steps_per_epoch  # the last measurement of a default spec
+
+
+def spec_axes(spec: RunSpec) -> tuple[Axis, ...]:
+    """The grid's axes in schema order: seed, the extra axes, inputs, lr."""
+    return (
+        Axis(SEED, tuple(range(spec.seeds)), int),
+        *spec.extra_axes,
+        Axis("inputs", tuple(spec.outcomes), str),
+        Axis("lr", spec.lrs, float),
+    )
 
 
 def seed_factor(seed: int) -> float:
@@ -52,13 +69,21 @@ def seed_factor(seed: int) -> float:
     return 1.0 + 0.1 * seed
 
 
+def setting_factor(spec: RunSpec, model: ModelId) -> float:
+    """The j-th value of each setting axis but inputs multiplies every measured number by 1 + j:
+    the first lr (or activation) exact, the second twice as large."""
+    factor = 1.0
+    for axis in spec_axes(spec):
+        if axis.name not in (SEED, "inputs"):
+            factor *= 1 + axis.values.index(model[axis.name])
+    return factor
+
+
 def models(spec: RunSpec):
-    """(model, seed, inputs, outcome) in grid order."""
-    m = 0
-    for inputs, outcome in spec.outcomes.items():
-        for seed in range(spec.seeds):
-            yield m, seed, inputs, outcome
-            m += 1
+    """(model id, outcome, factor) in grid order; factor = seed factor x setting factor."""
+    for model in grid_models(spec_axes(spec)):
+        factor = seed_factor(model[SEED]) * setting_factor(spec, model)
+        yield model, spec.outcomes[model["inputs"]], factor
 
 
 def epoch_loss(o: Outcome, epoch: int, epochs: int) -> float:
@@ -69,17 +94,13 @@ def epoch_loss(o: Outcome, epoch: int, epochs: int) -> float:
 
 def metrics_rows(spec: RunSpec) -> list[dict]:
     rows = []
-    for m, seed, inputs, o in models(spec):
-        f = seed_factor(seed)
+    for model, o, f in models(spec):
         for epoch in range(1, spec.epochs + 1):
             loss = epoch_loss(o, epoch, spec.epochs) * f
             acc = o.final_acc if epoch == spec.epochs else o.final_acc * 0.9
             rows.append(
                 {
-                    "model": m,
-                    "seed": seed,
-                    "inputs": inputs,
-                    "lr": spec.lr,
+                    **model.columns,
                     "epoch": epoch,
                     "train_loss": loss,
                     "train_acc": acc,
@@ -93,12 +114,9 @@ def metrics_rows(spec: RunSpec) -> list[dict]:
     return rows
 
 
-def curvature_columns() -> list[str]:
-    cols = [
-        "model",
-        "seed",
-        "inputs",
-        "lr",
+def curvature_columns(spec: RunSpec) -> list[str]:
+    cols = ["model", *(a.name for a in spec_axes(spec))]
+    cols += [
         "epoch",
         "step",
         "skipped",
@@ -129,15 +147,12 @@ def curvature_columns() -> list[str]:
     ]
 
 
-def curvature_row(spec: RunSpec, m: int, seed: int, inputs: str, o: Outcome, step: int) -> dict:
+def curvature_row(spec: RunSpec, model: ModelId, o: Outcome, f: float, step: int) -> dict:
     """One measurement; sharpness grows linearly with the step (from top_eig at step 0 to twice it)."""
-    f, growth = seed_factor(seed), 1.0 + step / (spec.epochs * spec.steps_per_epoch)
-    row = {c: 0.5 for c in curvature_columns()}
+    growth, lr = 1.0 + step / (spec.epochs * spec.steps_per_epoch), model["lr"]
+    row = {c: 0.5 for c in curvature_columns(spec)}
     row.update(
-        model=m,
-        seed=seed,
-        inputs=inputs,
-        lr=spec.lr,
+        model.columns,
         epoch=step / spec.steps_per_epoch,
         step=step,
         skipped="",
@@ -155,36 +170,40 @@ def curvature_row(spec: RunSpec, m: int, seed: int, inputs: str, o: Outcome, ste
         top_eig_1=o.top_eig * f * growth,
         top_eig_2=o.top_eig * f * growth / 2,
         adam_sharpness=math.nan if step == 0 else o.adam_sharpness * f * growth,
-        sgd_threshold=2 / spec.lr,
-        adam_threshold=38 / spec.lr,
+        sgd_threshold=2 / lr,
+        adam_threshold=38 / lr,
     )
-    if step > 0 and m in spec.skipped_models:
+    if step > 0 and model.index in spec.skipped_models:
         row = {k: (math.nan if isinstance(v, float) else v) for k, v in row.items()}
-        row.update(epoch=step / spec.steps_per_epoch, lr=spec.lr, skipped="diverged in epoch 1")
+        row.update(model.columns, epoch=step / spec.steps_per_epoch, skipped="diverged in epoch 1")
     return row
 
 
 def curvature_rows(spec: RunSpec) -> list[dict]:
     steps = range(0, spec.epochs * spec.steps_per_epoch + 1, spec.steps_per_epoch // 2)
-    return [curvature_row(spec, m, seed, inputs, o, s) for s in steps for m, seed, inputs, o in models(spec)]
+    return [curvature_row(spec, model, o, f, s) for s in steps for model, o, f in models(spec)]
 
 
 def spectrum(spec: RunSpec) -> dict:
     """Two probes per model: a spike at 0 and outliers near top_eig."""
     out = []
-    for m, seed, inputs, o in models(spec):
+    for model, o, _ in models(spec):
         nodes = [[0.0, o.top_eig / 2, o.top_eig], [-0.01, 0.01, o.top_eig * 0.9]]
-        out.append(
-            {
-                "model": m,
-                "seed": seed,
-                "inputs": inputs,
-                "lr": spec.lr,
-                "nodes": nodes,
-                "weights": [[0.8, 0.15, 0.05], [0.5, 0.45, 0.05]],
-            }
-        )
+        out.append({**model.columns, "nodes": nodes, "weights": [[0.8, 0.15, 0.05], [0.5, 0.45, 0.05]]})
     return {"step": 0, "models": out}
+
+
+def config_json(spec: RunSpec) -> dict:
+    """A version-1 config.json (read as it is) of the spec's grid."""
+    return {
+        "schema_version": 1,
+        "data": {"name": "synthetic"},
+        "model": {"hidden": [8], "activation": "relu", "init": "glorot-uniform"},
+        "optimizer": {"name": "adam", "b1": 0.9, "b2": 0.999, "eps": 1e-07},
+        "train": {"loss": "keras-ce", "epochs": spec.epochs, "batch_size": 32, "patience": 0},
+        "grid": {"inputs": list(spec.outcomes), "seeds": spec.seeds, "lrs": list(spec.lrs)},
+        "curvature": {"every": spec.steps_per_epoch // 2},
+    }
 
 
 def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
@@ -196,22 +215,15 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
 
 def write_run(path: Path, spec: RunSpec) -> Path:
     """Writes config.json, metrics.csv, status.json and (if asked) curvature.csv and spectrum.json."""
+    if spec.extra_axes:
+        raise ValueError("config.json cannot declare extra axes yet: use the rows (metrics_rows, ...) directly")
     path.mkdir(parents=True, exist_ok=True)
-    config = {
-        "schema_version": 1,
-        "data": {"name": "synthetic"},
-        "model": {"hidden": [8], "activation": "relu", "init": "glorot-uniform"},
-        "optimizer": {"name": "adam", "b1": 0.9, "b2": 0.999, "eps": 1e-07},
-        "train": {"loss": "keras-ce", "epochs": spec.epochs, "batch_size": 32, "patience": 0},
-        "grid": {"inputs": list(spec.outcomes), "seeds": spec.seeds, "lrs": [spec.lr]},
-        "curvature": {"every": spec.steps_per_epoch // 2},
-    }
-    (path / "config.json").write_text(json.dumps(config))
+    (path / "config.json").write_text(json.dumps(config_json(spec)))
     (path / "status.json").write_text(json.dumps({"state": "complete"}))
     columns = list(metrics_rows(spec)[0])
     write_csv(path / "metrics.csv", columns, metrics_rows(spec))
     if spec.curvature:
-        write_csv(path / "curvature.csv", curvature_columns(), curvature_rows(spec))
+        write_csv(path / "curvature.csv", curvature_columns(spec), curvature_rows(spec))
     if spec.spectrum:
         (path / "spectrum.json").write_text(json.dumps(spectrum(spec)))
     return path

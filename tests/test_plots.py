@@ -1,6 +1,8 @@
 """analysis.plots on synthetic run directories: what each figure draws, not only that it is written."""
 
+import ast
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +13,18 @@ from analysis import plots
 from scalelab.config import RunConfig
 from scalelab.errors import ScalelabError
 from scalelab.results import read_curvature
-from scalelab.schema import grid_axes
-from tests.rundir_factory import MAX_STEP, Outcome, RunSpec, epoch_loss, write_run
+from scalelab.schema import Axis, grid_axes
+from tests.rundir_factory import (
+    MAX_STEP,
+    Outcome,
+    RunSpec,
+    curvature_rows,
+    epoch_loss,
+    metrics_rows,
+    spec_axes,
+    spectrum,
+    write_run,
+)
 
 OUTCOMES = {
     "/1": Outcome(train_loss_1=13.0, final_loss=12.9, final_acc=0.2, abs_logit=300.0, clipped=0.8),
@@ -69,7 +81,7 @@ def test_divisor_of(name, divisor):
 
 
 def test_loss_curves_draw_the_median_over_seeds_per_transform_on_a_log_axis(run):
-    fig = plots.plot_loss_curves(run.metrics, "keras-ce")
+    fig = plots.plot_loss_curves(run.metrics, run.axes, "keras-ce")
     train, test = fig.axes
     assert legend_texts(train) == ["/1", "/255", "/1000", "zscore"]  # ordered by C, centred last
     assert train.get_yscale() == "log" and train.get_xlabel() == "epoch" and "nats" in train.get_ylabel()
@@ -81,7 +93,7 @@ def test_loss_curves_draw_the_median_over_seeds_per_transform_on_a_log_axis(run)
 
 
 def test_final_vs_divisor_puts_divisors_on_a_log_x_axis_and_centred_inputs_as_lines(run):
-    fig = plots.plot_final_vs_divisor(run.metrics, "keras-ce")
+    fig = plots.plot_final_vs_divisor(run.metrics, run.axes, "keras-ce")
     loss_ax, acc_ax = fig.axes
     assert loss_ax.get_xscale() == "log" and "divisor C" in loss_ax.get_xlabel()
     assert "accuracy" in acc_ax.get_ylabel() and "loss" in loss_ax.get_ylabel()
@@ -94,7 +106,7 @@ def test_final_vs_divisor_puts_divisors_on_a_log_x_axis_and_centred_inputs_as_li
 
 
 def test_init_diagnostics_use_step_0_with_log_axis_for_logits(run):
-    fig = plots.plot_init_diagnostics(run.curvature)
+    fig = plots.plot_init_diagnostics(run.curvature, run.axes)
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == ["mean_abs_logit", "mean_max_prob", "clipped_wrong_frac", "predicted_class_frac", "dead_frac_0"]
     logits, clipped = fig.axes[0], fig.axes[2]
@@ -106,7 +118,7 @@ def test_init_diagnostics_use_step_0_with_log_axis_for_logits(run):
 
 
 def test_sharpness_has_one_line_per_transform_and_both_thresholds(run):
-    (ax,) = plots.plot_sharpness(run.curvature).axes
+    (ax,) = plots.plot_sharpness(run.curvature, run.axes).axes
     assert ax.get_yscale() == "log" and ax.get_xlabel() == "optimiser step"
     labels = [ln.get_label() for ln in ax.get_lines()]
     assert sum(label.endswith("top eigenvalue") for label in labels) == 4
@@ -124,18 +136,18 @@ def test_skipped_and_non_finite_rows_are_left_out_of_medians(tmp_path):
     spec = RunSpec({"/255": Outcome()}, seeds=2, skipped_models={1})
     run = plots.load_run(write_run(tmp_path / "run", spec))
     run.metrics[-1]["train_loss"] = math.inf
-    (ax,) = plots.plot_sharpness(run.curvature).axes
+    (ax,) = plots.plot_sharpness(run.curvature, run.axes).axes
     top = line(ax, "/255: top eigenvalue")
     # Model 1 (seed 1) is skipped after step 0, so later medians are seed 0's values alone.
     np.testing.assert_allclose(top.get_ydata()[0], 10.0 * 1.05, rtol=1e-12)
     np.testing.assert_allclose(top.get_ydata()[-1], 10.0 * 2.0, rtol=1e-12)
-    train = plots.plot_loss_curves(run.metrics).axes[0]
+    train = plots.plot_loss_curves(run.metrics, run.axes).axes[0]
     assert np.all(np.isfinite(line(train, "/255").get_ydata()))
     assert line(train, "/255").get_ydata()[-1] == pytest.approx(0.35)  # the inf of seed 1 is dropped
 
 
 def test_spectra_have_one_log_panel_per_transform_with_the_density_peak_at_the_spike(run):
-    fig = plots.plot_spectra(run.spectrum)
+    fig = plots.plot_spectra(run.spectrum, run.axes)
     assert [ax.get_title().split()[0] for ax in fig.axes] == ["/1", "/255", "/1000", "zscore"]
     for ax in fig.axes:
         assert ax.get_yscale() == "log" and "eigenvalue" in ax.get_xlabel()
@@ -146,15 +158,15 @@ def test_spectra_have_one_log_panel_per_transform_with_the_density_peak_at_the_s
 
 def test_spectrum_models_keep_at_most_six_spread_over_the_scales():
     models = [{"model": i, "seed": 0, "lr": 1e-3, "inputs": f"/{10**i}", "nodes": [], "weights": []} for i in range(9)]
-    chosen = [m["inputs"] for m in plots.spectrum_models({"models": models})]
+    chosen = [m["inputs"] for m in plots.spectrum_models({"models": models}, grid_axes(RunConfig()))]
     assert len(chosen) == plots.MAX_SPECTRA and chosen[0] == "/1" and chosen[-1] == "/100000000"
 
 
 def test_grad_norms_have_an_epoch_panel_and_a_step_panel_only_with_curvature(run):
-    fig = plots.plot_grad_norms(run.metrics, run.curvature)
+    fig = plots.plot_grad_norms(run.metrics, run.axes, run.curvature)
     assert [ax.get_xlabel() for ax in fig.axes] == ["epoch", "optimiser step"]
     assert all(ax.get_yscale() == "log" and len(ax.get_lines()) == 4 for ax in fig.axes)
-    assert len(plots.plot_grad_norms(run.metrics, None).axes) == 1
+    assert len(plots.plot_grad_norms(run.metrics, run.axes, None).axes) == 1
 
 
 def test_missing_optional_files_skip_their_figures(tmp_path):
@@ -187,3 +199,92 @@ def test_a_run_without_a_finished_epoch_is_a_one_line_error(tmp_path, capsys):
     (run_dir / "metrics.csv").write_text((run_dir / "metrics.csv").read_text().splitlines()[0] + "\n")
     assert plots.main([str(run_dir)]) == 1
     assert "has no rows yet" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- series from the axes
+
+ACTIVATION = Axis("activation", ("tanh", "relu"), str)  # a hypothetical axis, in an order that is not alphabetical
+AXES = (Axis("seed", (0, 1), int), ACTIVATION, Axis("inputs", ("/255", "/1"), str), Axis("lr", (1e-2, 1e-3), float))
+
+
+@pytest.mark.parametrize(
+    ("keys", "label"),
+    [
+        ([("relu", "/1", 1e-3), ("relu", "/255", 1e-3)], "/255"),
+        ([("relu", "/255", 1e-2), ("relu", "/255", 1e-3)], "lr 0.001"),
+        ([("relu", "/1", 1e-2), ("relu", "/255", 1e-3)], "/255, lr 0.001"),
+        ([("tanh", "/1", 1e-3), ("relu", "/255", 1e-3)], "relu, /255"),
+        ([("relu", "/255", 1e-3)], "/255"),  # one setting: named by its transform
+    ],
+)
+def test_a_label_names_the_axes_that_vary_among_the_series(keys, label):
+    assert plots.Settings.of(AXES).label(("relu", "/255", 1e-3), keys) == label
+
+
+def test_series_follow_each_axis_order_of_values_and_the_divisor_order_for_inputs():
+    settings = plots.Settings.of(AXES)
+    keys = [(a, i, lr) for a in ("relu", "tanh") for i in ("zscore", "/1000", "/1", "[-1,1]") for lr in (1e-3, 1e-2)]
+    ordered = settings.ordered(keys)
+    assert [k[0] for k in ordered[::8]] == ["tanh", "relu"]  # the axis' order, not the alphabet's
+    assert [k[1] for k in ordered[:8:2]] == ["/1", "/1000", "[-1,1]", "zscore"]  # C, then centred by name
+    assert [k[2] for k in ordered[:2]] == [1e-2, 1e-3]
+
+
+def test_a_run_with_two_lrs_draws_one_series_per_setting(tmp_path):
+    run = plots.load_run(write_run(tmp_path / "run", RunSpec(dict(OUTCOMES), lrs=(1e-3, 1e-2))))
+    assert [a.name for a in run.axes] == ["seed", "inputs", "lr"]
+    train = plots.plot_loss_curves(run.metrics, run.axes).axes[0]
+    assert legend_texts(train) == [f"{i}, lr {lr}" for i in OUTCOMES for lr in ("0.001", "0.01")]
+    # The second lr doubles every number (tests/rundir_factory.setting_factor).
+    expected = [2 * 1.05 * epoch_loss(OUTCOMES["/1000"], e, 3) for e in (1, 2, 3)]
+    np.testing.assert_allclose(line(train, "/1000, lr 0.01").get_ydata(), expected, rtol=1e-12)
+    loss_ax = plots.plot_final_vs_divisor(run.metrics, run.axes).axes[0]
+    bars = {c.get_label(): c.lines[0].get_ydata() for c in loss_ax.containers if isinstance(c, ErrorbarContainer)}
+    assert list(bars) == ["x / C, lr 0.001", "x / C, lr 0.01"]
+    np.testing.assert_allclose(bars["x / C, lr 0.01"], [2 * 12.9 * 1.05, 2 * 0.35 * 1.05, 2 * 0.4 * 1.05], rtol=1e-12)
+    assert {"zscore, lr 0.001", "zscore, lr 0.01"} <= set(legend_texts(loss_ax))
+    (ax,) = plots.plot_sharpness(run.curvature, run.axes).axes
+    assert sum(ln.get_label().endswith("top eigenvalue") for ln in ax.get_lines()) == 8
+    np.testing.assert_allclose(line(ax, "SGD threshold 2/lr = 200").get_ydata(), [200.0] * 2)
+    # The lr acts from the first step on: one spectrum per transform, not per (transform, lr).
+    titles = [a.get_title() for a in plots.plot_spectra(run.spectrum, run.axes).axes]
+    assert [t.split(" (")[0] for t in titles] == list(OUTCOMES)
+
+
+def test_an_extra_setting_axis_gives_one_series_per_setting_in_the_axes_order():
+    spec = RunSpec(dict(OUTCOMES), extra_axes=(ACTIVATION,))
+    axes, metrics, curvature = spec_axes(spec), metrics_rows(spec), curvature_rows(spec)
+    train = plots.plot_loss_curves(metrics, axes).axes[0]
+    assert legend_texts(train) == [f"{a}, {i}" for a in ("tanh", "relu") for i in OUTCOMES]
+    expected = [2 * 1.05 * epoch_loss(OUTCOMES["/1000"], e, 3) for e in (1, 2, 3)]  # relu, the second value
+    np.testing.assert_allclose(line(train, "relu, /1000").get_ydata(), expected, rtol=1e-12)
+    loss_ax = plots.plot_final_vs_divisor(metrics, axes).axes[0]
+    bars = [c for c in loss_ax.containers if isinstance(c, ErrorbarContainer)]
+    assert [c.get_label() for c in bars] == ["x / C, tanh", "x / C, relu"]
+    np.testing.assert_array_equal(bars[1].lines[0].get_xdata(), [1.0, 255.0, 1000.0])
+    np.testing.assert_allclose(line(loss_ax, "relu, zscore").get_ydata(), [2 * 0.3 * 1.05] * 2, rtol=1e-12)
+    init = plots.plot_init_diagnostics(curvature, axes).axes[2]
+    (tanh, relu) = [c for c in init.containers if isinstance(c, ErrorbarContainer)]
+    np.testing.assert_allclose(relu.lines[0].get_ydata(), [2 * 0.8 * 1.05, 0.0, 0.0], rtol=1e-12)
+    (ax,) = plots.plot_sharpness(curvature, axes).axes
+    assert line(ax, "tanh, /1: top eigenvalue").get_ydata()[0] == pytest.approx(10.0 * 1.05)
+    grads = plots.plot_grad_norms(metrics, axes, curvature)
+    assert all(len(a.get_lines()) == 8 for a in grads.axes) and "(activation, inputs)" in grads.get_suptitle()
+    panels = plots.plot_spectra(spectrum(spec), axes).axes  # 8 networks at init, at most 6 panels
+    assert len(panels) == plots.MAX_SPECTRA and panels[0].get_title().startswith("tanh, /1 (seed 0")
+
+
+def spelt_axis_names(path: Path) -> list[tuple[str, str]]:
+    """(name, its line) for every string constant in ``path`` that is the name of a grid axis."""
+    source = path.read_text()
+    lines, names = source.splitlines(), {a.name for a in grid_axes(RunConfig())}
+    nodes = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Constant) and n.value in names]
+    return sorted((n.value, lines[n.lineno - 1].split("#")[0].strip()) for n in nodes)
+
+
+def test_the_analysis_reads_a_row_only_through_the_axes():
+    """No ``row["lr"]``, ``row["inputs"]`` or ``model["seed"]``: rows are read through the axes
+    (``Settings.key``), and the two axes the figures are about are named once, as constants."""
+    report_py = Path(plots.__file__).with_name("report.py")
+    assert spelt_axis_names(Path(plots.__file__)) == [("inputs", 'INPUTS = "inputs"'), ("lr", 'LR = "lr"')]
+    assert spelt_axis_names(report_py) == []

@@ -6,7 +6,17 @@ import math
 import pytest
 
 from analysis import plots, report
-from tests.rundir_factory import Outcome, RunSpec, write_run
+from scalelab.config import RunConfig
+from scalelab.schema import Axis, grid_axes
+from tests.rundir_factory import (
+    Outcome,
+    RunSpec,
+    config_json,
+    curvature_rows,
+    metrics_rows,
+    spec_axes,
+    write_run,
+)
 
 # /1 saturates (80% clipped, one class) and /1000 is behind /255 at epoch 1 and at the end.
 SATURATED = {
@@ -115,9 +125,9 @@ def test_without_curvature_only_the_metric_findings_are_stated(tmp_path):
 
 
 def test_html_escapes_text_and_embeds_figures():
-    f = {"config": {"data": {"name": "<script>alert(1)</script>"}}, "finals": {}, "lr": 1e-3, "largest_pixels": None,
+    f = {"config": {"data": {"name": "<script>alert(1)</script>"}}, "finals": {}, "at": (1e-3,), "largest_pixels": None,
          "ref": None, "slow": None, "centred": [], "init": {}, "last": {}, "divisors": [], "sharpness": [],
-         "has_curvature": False}  # fmt: skip
+         "has_curvature": False, "settings": plots.Settings.of(grid_axes(RunConfig()))}  # fmt: skip
     page = report.render_html(f, {"loss_curves": b"\x89PNG fake"})
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert '<img src="data:image/png;base64,iVBORyBmYWtl"' in page
@@ -148,3 +158,38 @@ def test_zero_gradients_and_steps_do_not_crash_the_ratios(tmp_path):
     text = text_for(tmp_path, outcomes)
     assert "/1000: 0;" not in text and "/1000: 0." in text  # the listing still shows the measured 0
     assert "does not shrink with the gradient" not in text and "times less at /1000" not in text
+
+
+# ---------------------------------------------------------------------------- settings from the axes
+
+
+def test_two_lrs_compare_the_transforms_at_the_configs_first_lr(tmp_path):
+    run = plots.load_run(write_run(tmp_path / "run", RunSpec(dict(SATURATED), lrs=(1e-2, 1e-3))))
+    for row in run.metrics:  # model 1 (seed 0, /1, lr 0.001) diverges in epoch 2
+        row["diverged"] = row["model"] == 1 and row["epoch"] == 2
+    f = report.compute_findings(run)
+    assert f["at"] == (1e-2,) and f["ref"] == ("/255", 1e-2) and f["slow"] == ("/1000", 1e-2)
+    text = report.render_markdown(f, figure_names=())
+    # lr 0.01 comes first in the config, so its numbers are the synthetic ones; lr 0.001's are doubled.
+    assert "At lr 0.01 the lowest final test loss is zscore's 0.315 (accuracy 87%)" in text
+    assert "/1000 is worse than /255" in text and "84% at step 0" in text
+    assert "16 models: inputs /1, /255, /1000, zscore; 2 seeds; 3 epochs; optimiser adam; lr 0.01, 0.001;" in text
+    assert "| /255 | 0.001 | 2 | 0 | 1.05 (range 1–1.1) | 0.735 (range 0.7–0.77) | 0.87 |" in text
+    assert "Diverged models, left out of the averages: /1, lr 0.001 (1 of 2)." in text
+    assert "/255, lr 0.001: the top Hessian eigenvalue peaks at 42 (step 30); it is above 2/lr = 2000" in text
+
+
+def test_an_extra_setting_axis_is_a_column_and_the_transforms_are_compared_at_its_first_value(tmp_path):
+    spec = RunSpec(dict(SATURATED), extra_axes=(Axis("activation", ("tanh", "relu"), str),))
+    run = plots.RunData(tmp_path, config_json(spec), spec_axes(spec), metrics_rows(spec), curvature_rows(spec), None)
+    f = report.compute_findings(run)
+    assert f["at"] == ("tanh", 1e-3) and f["ref"] == ("tanh", "/255", 1e-3) and f["slow"] == ("tanh", "/1000", 1e-3)
+    text = report.render_markdown(f, figure_names=())
+    assert "optimiser adam; activation tanh, relu; lr 0.001; loss keras-ce" in text
+    assert (
+        "| activation | inputs | lr | models |" in text and "| relu | /1 | 0.001 | 2 | 0 | 27.3 (range 26–28.6)" in text
+    )
+    assert "At tanh, lr 0.001 the lowest final test loss is zscore's 0.315" in text
+    assert "The softmax is saturated at /1" in text and "84% at step 0" in text  # tanh's numbers, not relu's
+    assert "training loss at /1000 is 0.735 (range 0.7–0.77), higher than" in text
+    assert "relu, zscore: the top Hessian eigenvalue peaks at 42" in text
