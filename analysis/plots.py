@@ -65,7 +65,7 @@ def load_run(path: Path) -> RunData:
         axes=run.axes,
         metrics=metrics,
         curvature=run.curvature() if curvature_path.exists() else None,
-        spectrum=read_json(spectrum_path) if spectrum_path.exists() else None,
+        spectrum=run.spectrum() if spectrum_path.exists() else None,
     )
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from scalelab.config import RunConfig
 from scalelab.errors import ScalelabError, UsageError
+from scalelab.measure import curvature_columns
 from scalelab.schema import Axis, grid_axes, metric_columns, parse_curvature_value, parse_metrics_row
 
 
@@ -77,10 +78,30 @@ def rows_csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return out.getvalue()
 
 
-def read_curvature(path: Path, axes: Sequence[Axis]) -> list[dict[str, Any]]:
+def read_table(path: Path, columns: Sequence[str] | None = None) -> list[dict[str, str]]:
+    """A CSV file's rows as text; ``columns``: the header it must have. Damage is a one-line error."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = reader.fieldnames or []
+    except FileNotFoundError:
+        raise ScalelabError(f"{path} is missing; is {Path(path).parent} a scalelab run directory?") from None
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ScalelabError(f"{path} is not a readable CSV file ({err}); the run directory is damaged") from None
+    if columns is not None and list(header) != list(columns):
+        missing, extra = sorted(set(columns) - set(header)), sorted(set(header) - set(columns))
+        detail = f"missing {missing}" if missing else f"unexpected {extra}" if extra else "columns out of order"
+        raise ScalelabError(f"{path}: its header does not match this run's schema ({detail}); the file is damaged")
+    for number, row in enumerate(rows, start=2):
+        if None in row or None in row.values():
+            raise ScalelabError(f"{path}: line {number} has {'more' if None in row else 'fewer'} cells than the header")
+    return rows
+
+
+def read_curvature(path: Path, axes: Sequence[Axis], columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Reads curvature.csv with every cell typed (``schema.parse_curvature_value``)."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_table(path, columns)
     return [{k: parse_curvature_value(k, v, axes, str(path)) for k, v in row.items()} for row in rows]
 
 
@@ -94,8 +115,15 @@ def _csv_value(value):
 
 def read_metrics(path: Path, axes: Sequence[Axis]) -> list[dict[str, Any]]:
     """Reads metrics.csv back with numbers as numbers (``schema.parse_metrics_row``)."""
-    with open(path, newline="") as f:
-        return [parse_metrics_row(row, axes) for row in csv.DictReader(f)]
+    parsed = []
+    for number, row in enumerate(read_table(path, metric_columns(axes)), start=2):
+        try:
+            parsed.append(parse_metrics_row(row, axes))
+        except (ValueError, TypeError) as err:
+            raise ScalelabError(
+                f"{path}: line {number} holds a value of the wrong type ({err}); the file is damaged"
+            ) from None
+    return parsed
 
 
 class RunDir:
@@ -139,8 +167,11 @@ class RunDir:
         return run
 
     def config(self) -> RunConfig:
+        raw = read_json(self.config_path)
+        if not isinstance(raw, dict):
+            raise ScalelabError(f"{self.config_path} holds {type(raw).__name__}, not a table; the file is damaged")
         try:
-            return RunConfig.from_dict(read_json(self.config_path), source=str(self.config_path))
+            return RunConfig.from_dict(raw, source=str(self.config_path))
         except UsageError as err:  # a damaged or foreign run directory is a runtime error, not a usage one
             raise ScalelabError(str(err)) from None
 
@@ -152,7 +183,12 @@ class RunDir:
         write_json(self.status_path, {"state": state, **extra})
 
     def status(self) -> dict[str, Any]:
-        return read_json(self.status_path) if self.status_path.exists() else {"state": "unknown"}
+        if not self.status_path.exists():
+            return {"state": "unknown"}
+        status = read_json(self.status_path)
+        if not isinstance(status, dict) or not isinstance(status.get("state"), str):
+            raise ScalelabError(f"{self.status_path} has no 'state'; the file is damaged")
+        return status
 
     def write_metrics(self, rows: list[dict[str, Any]], axes: Sequence[Axis]) -> None:
         atomic_write_text(self.metrics_path, rows_csv(rows, metric_columns(axes)))
@@ -171,7 +207,25 @@ class RunDir:
     def curvature(self) -> list[dict[str, Any]]:
         if not self.curvature_path.exists():
             raise ScalelabError(f"{self.curvature_path} is missing; the run recorded no curvature (--no-curvature?)")
-        return read_curvature(self.curvature_path, self.axes)
+        config = self.config()
+        columns = curvature_columns(grid_axes(config), len(config.model.hidden), config.curvature.top_k)
+        return read_curvature(self.curvature_path, grid_axes(config), columns)
+
+    def summary(self) -> dict[str, Any]:
+        if not self.summary_path.exists():
+            raise ScalelabError(f"{self.summary_path} is missing; the run has not completed (see status.json)")
+        summary = read_json(self.summary_path)
+        if not isinstance(summary, dict) or not isinstance(summary.get("groups"), list):
+            raise ScalelabError(f"{self.summary_path} has no 'groups' list; the file is damaged")
+        return summary
+
+    def spectrum(self) -> dict[str, Any]:
+        """spectrum.json, checked: each model's SLQ ``nodes`` and ``weights``, (probes, steps) numbers."""
+        spectrum = read_json(self.spectrum_path)
+        models = spectrum.get("models") if isinstance(spectrum, dict) else None
+        if not isinstance(models, list) or not all(_spectrum_entry_ok(m) for m in models):
+            raise ScalelabError(f"{self.spectrum_path}: a model's nodes/weights are not equal-shaped lists of numbers")
+        return spectrum
 
     def add_spectrum(self, entries: list[dict[str, Any]]) -> None:
         """Adds (or replaces) models' spectral densities in spectrum.json; chunks arrive one by one."""
@@ -200,6 +254,14 @@ class RunDir:
         atomic_write_bytes(path, buffer.getvalue())
 
     def load_params(self, epoch: int, model: int) -> dict[str, Any]:
+        try:
+            return self._load_params(epoch, model)
+        except ScalelabError:
+            raise
+        except Exception as err:  # zip, key and value errors all mean a damaged file here
+            raise ScalelabError(f"{self.params_path(epoch)} is damaged ({type(err).__name__})") from None
+
+    def _load_params(self, epoch: int, model: int) -> dict[str, Any]:
         """One model's Flax params at ``epoch`` (0 = init): ``{'params': {'Dense_0': {'kernel', 'bias'}, ...}}``."""
         path = self.params_path(epoch)
         if not path.exists():
@@ -256,6 +318,14 @@ class RunDir:
     def load_chunk_state(self, chunk: int) -> tuple[list[np.ndarray], dict[str, Any]] | None:
         path = self.chunk_state_path(chunk)
         return _read_npz_state(path) if path.exists() else None
+
+
+def _spectrum_entry_ok(entry) -> bool:
+    try:
+        nodes, weights = np.asarray(entry["nodes"], float), np.asarray(entry["weights"], float)
+        return isinstance(entry["model"], int) and nodes.ndim == 2 and nodes.shape == weights.shape
+    except (TypeError, ValueError, KeyError):
+        return False
 
 
 def _npz_bytes(leaves: list[np.ndarray], meta: dict[str, Any]) -> bytes:

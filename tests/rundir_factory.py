@@ -202,7 +202,7 @@ def config_json(spec: RunSpec) -> dict:
         "optimizer": {"name": "adam", "b1": 0.9, "b2": 0.999, "eps": 1e-07},
         "train": {"loss": "keras-ce", "epochs": spec.epochs, "batch_size": 32, "patience": 0},
         "grid": {"inputs": list(spec.outcomes), "seeds": spec.seeds, "lrs": list(spec.lrs)},
-        "curvature": {"every": spec.steps_per_epoch // 2},
+        "curvature": {"every": spec.steps_per_epoch // 2, "top_k": TOP_K},
     }
 
 
