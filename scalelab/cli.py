@@ -69,6 +69,23 @@ def int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated whole numbers > 0, e.g. 128,128") from None
 
 
+def seed_list(text: str) -> tuple[int, ...]:
+    """``3,7,11`` or ``0-7`` or ``0-3,10``: whole numbers >= 0 and inclusive ranges."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            low, _, high = part.strip().partition("-")
+            first, last = int(low), int(high) if high else int(low)
+            if first < 0 or last < first:
+                raise ValueError(part)
+            seeds.extend(range(first, last + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must be seeds >= 0 and ranges, comma-separated, e.g. 3,7,11 or 0-7"
+        ) from None
+    return tuple(seeds)
+
+
 def float_list(text: str) -> tuple[float, ...]:
     """``1e-3,1e-2`` -> (0.001, 0.01); every entry a finite number > 0."""
     try:

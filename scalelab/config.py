@@ -113,6 +113,14 @@ class TrainConfig:
                 raise UsageError(f"{flag} {value!r} must be a whole number >= {low}")
 
 
+def check_seed_list(seeds: tuple[int, ...]) -> None:
+    if not seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
+        raise UsageError(f"--seed-list {seeds}: give seeds >= 0, e.g. 3,7,11 or 0-7")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise UsageError(f"--seed-list repeats {', '.join(map(str, repeated))}; list each seed once")
+
+
 @dataclass(frozen=True)
 class GridConfig:
     """The vmapped axes: every combination of seed x input transform x learning rate is a model.
@@ -127,6 +135,9 @@ class GridConfig:
         "minmax, robust, [-1,1]",
     )  # fmt: skip
     seeds: int = option(3, "number of seeds, 0..N-1", parse=cli.positive_int)
+    seed_list: tuple[int, ...] | None = option(
+        None, "these seeds instead of 0..N-1, e.g. 3,7,11 or 0-7 (--seeds then counts them)", parse=cli.seed_list
+    )
     lrs: tuple[float, ...] | None = option(
         None, flag="--lr", parse=cli.float_list,
         help="learning rate(s), comma-separated: a grid axis (default: adam/adamw/rmsprop 1e-3, sgd/momentum 1e-2)",
@@ -139,10 +150,18 @@ class GridConfig:
         parse_transforms(",".join(self.inputs))  # every name valid, none repeated
         if not isinstance(self.seeds, int) or self.seeds <= 0:
             raise UsageError(f"--seeds {self.seeds!r} must be a whole number > 0")
+        if self.seed_list is not None:  # the seed axis; ``seeds`` counts it
+            object.__setattr__(self, "seed_list", tuple(self.seed_list))
+            check_seed_list(self.seed_list)
+            object.__setattr__(self, "seeds", len(self.seed_list))
         if self.lrs is not None:
             object.__setattr__(self, "lrs", tuple(float(lr) for lr in self.lrs))
             if not self.lrs or not all(0 < lr < float("inf") for lr in self.lrs):
                 raise UsageError(f"--lr {self.lrs}: every value must be a finite number > 0")
+
+    @property
+    def seed_values(self) -> tuple[int, ...]:
+        return self.seed_list if self.seed_list is not None else tuple(range(self.seeds))
 
 
 @dataclass(frozen=True)

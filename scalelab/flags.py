@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scalelab.config import OPTIMIZER_OPTIONS, RunConfig
+from scalelab.errors import UsageError
 
 Overrides = dict[str, dict[str, Any]]  # {section: {field: value}}, config.json's layout
 
@@ -74,15 +75,20 @@ def given(args: argparse.Namespace) -> Overrides:
         value = getattr(args, flag.dest, None)
         if value is not None:
             out.setdefault(flag.section, {})[flag.field] = value
+    if {"seeds", "seed_list"} <= set(out.get("grid", {})):
+        raise UsageError("--seeds N and --seed-list S both choose the seeds; give one of them")
     return out
 
 
 def merge(*layers: Mapping[str, Mapping[str, Any]]) -> Overrides:
-    """Later layers win, field by field."""
+    """Later layers win, field by field; ``--seeds N`` after a seed list means 0..N-1 again."""
     out: Overrides = {}
     for layer in layers:
         for section, values in layer.items():
             out.setdefault(section, {}).update(values)
+        grid = layer.get("grid", {})
+        if "seeds" in grid and "seed_list" not in grid:
+            out["grid"]["seed_list"] = None
     return out
 
 

@@ -41,7 +41,7 @@ class Axis:
 def grid_axes(config: RunConfig) -> tuple[Axis, ...]:
     """The axes of ``config``'s grid, seed first; the model index runs over their product."""
     return (
-        Axis(SEED, tuple(range(config.grid.seeds)), int),
+        Axis(SEED, config.grid.seed_values, int),
         Axis("inputs", config.grid.inputs, str),
         Axis("lr", tuple(float(lr) for lr in config.lrs), float),
     )

@@ -26,7 +26,7 @@ from scalelab.config import RunConfig
 from scalelab.errors import ScalelabError
 from scalelab.locking import RunLock
 from scalelab.results import RunDir, read_json
-from scalelab.schema import Axis, ModelId, grid_axes, grid_models, summarize
+from scalelab.schema import Axis, ModelId, axis_names, final_rows, grid_axes, grid_models, metric_columns, summarize
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,35 @@ class Run:
     def params(self, epoch: int, model: int) -> dict[str, Any]:
         """One model's Flax params after ``epoch`` (0 = init)."""
         return self.dir.load_params(epoch, model)
+
+    def to_pandas(self):
+        """metrics.csv as a tidy ``pandas.DataFrame``: one row per model per epoch, every axis a column."""
+        pd = optional("pandas")
+        return pd.DataFrame(self.metrics(), columns=metric_columns(self.axes))
+
+    def to_xarray(self):
+        """The metrics as an ``xarray.Dataset`` with one dimension per axis and ``epoch``.
+
+        A model's values after the epoch it stopped or diverged in are NaN (its parameters are
+        frozen from then on), so a mean over seeds at an epoch is over the models still training.
+        """
+        optional("xarray")
+        frame = self.to_pandas()
+        ends = {r["model"]: r["epoch"] for r in final_rows(frame.to_dict("records"))}
+        after_end = frame["epoch"] > frame["model"].map(ends)
+        fields = [c for c in frame.columns if c not in ("model", "epoch", *axis_names(self.axes))]
+        frame[fields] = frame[fields].astype(float).mask(after_end)
+        return frame.set_index([*axis_names(self.axes), "epoch"]).to_xarray()
+
+
+def optional(module: str):
+    """An optional dependency (the ``analysis`` extra), or a one-line error naming how to get it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ScalelabError(f"{module} is not installed; pip install -e '.[analysis]' (pandas and xarray)") from None
 
 
 def load(path: str | Path) -> Run:

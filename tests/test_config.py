@@ -147,3 +147,27 @@ def test_a_foreign_run_directory_config_is_a_runtime_error(tmp_path):
     with pytest.raises(ScalelabError) as info:
         RunDir.open(tmp_path).config()
     assert not isinstance(info.value, UsageError) and "schema version 7" in str(info.value)
+
+
+def test_a_seed_list_is_the_seed_axis_and_seeds_counts_it():
+    assert scale_grid.config_from_args(parse("--seed-list", "3,7,11"), RunConfig(), {}).grid.seed_values == (3, 7, 11)
+    ranged = scale_grid.config_from_args(parse("--seed-list", "0-3,10"), RunConfig(), {}).grid
+    assert ranged.seed_values == (0, 1, 2, 3, 10) and ranged.seeds == 5
+    listed = RunConfig(grid=GridConfig(seed_list=(5, 6)))
+    assert scale_grid.config_from_args(parse("--seeds", 4), listed, {}).grid.seed_values == (0, 1, 2, 3)
+    with_quick = scale_grid.config_from_args(parse("--quick", "--seed-list", "9"), RunConfig(), scale_grid.QUICK)
+    assert with_quick.grid.seed_values == (9,)
+
+
+BAD_SEEDS = [
+    (["--seed-list", "3,3"], "repeats 3"),
+    (["--seed-list", "5-2"], "ranges"),
+    (["--seeds", "2", "--seed-list", "1,2"], "give one of them"),
+]
+
+
+@pytest.mark.parametrize(("argv", "needle"), BAD_SEEDS)
+def test_bad_seed_lists_are_one_line_usage_errors(argv, needle, capsys):
+    assert scale_grid.main([*argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1

@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import scalelab
@@ -14,6 +16,8 @@ from experiments import scale_grid
 from scalelab import study
 from scalelab.config import CurvatureConfig, DataConfig, GridConfig, ModelConfig, OutputConfig, RunConfig, TrainConfig
 from scalelab.errors import ScalelabError
+from scalelab.optim import OptimizerConfig
+from scalelab.schema import final_rows
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -73,3 +77,46 @@ def test_the_readme_example_runs_as_written(idx_folder, tmp_path, monkeypatch, c
     printed = capsys.readouterr().out.split("\n")
     assert [line.split()[0] for line in printed if line] == ["/1", "/255", "/1000"]
     assert (tmp_path / "runs" / "notebook" / "report.html").exists()
+
+
+def test_pandas_and_xarray_views_round_trip_the_csv(idx_folder, tmp_path):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("xarray")
+    config = dataclasses.replace(
+        tiny(idx_folder), optimizer=OptimizerConfig(name="sgd"), grid=GridConfig(inputs=("/1", "/255"), seeds=2,
+        seed_list=(3, 7), lrs=(1e-2, 1e30)), curvature=CurvatureConfig(enabled=False), train=TrainConfig(epochs=3),
+    )  # fmt: skip
+    run = study.run(config, tmp_path / "run", progress=False)
+    frame = run.to_pandas()
+    from_csv = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert list(frame.columns) == list(from_csv.columns) and len(frame) == 2 * 2 * 2 * 3
+    pd.testing.assert_frame_equal(frame.astype(from_csv.dtypes.to_dict()), from_csv, check_exact=True)
+    data = run.to_xarray()
+    assert dict(data.sizes) == {"seed": 2, "inputs": 2, "lr": 2, "epoch": 3}
+    assert list(data["seed"].values) == [3, 7] and list(data["epoch"].values) == [1, 2, 3]
+    ends = {r["model"]: r["epoch"] for r in final_rows(frame.to_dict("records"))}
+    assert any(end < 3 for end in ends.values())  # lr 1e30 on /255 diverges: the NaN branch is exercised
+    for row in frame.to_dict("records"):
+        cell = data.sel(seed=row["seed"], inputs=row["inputs"], lr=row["lr"], epoch=row["epoch"])
+        if row["epoch"] > ends[row["model"]]:  # stopped or diverged before: frozen since, so NaN in the view
+            assert np.isnan(float(cell["test_loss"])) and np.isnan(float(cell["train_acc"]))
+        else:
+            np.testing.assert_equal(float(cell["test_loss"]), row["test_loss"])
+
+
+def test_without_the_analysis_extra_the_views_name_it(idx_folder, tmp_path, monkeypatch):
+    import builtins
+
+    run = study.run(dataclasses.replace(tiny(idx_folder), curvature=CurvatureConfig(enabled=False)), tmp_path / "r",
+                    progress=False)  # fmt: skip
+    real_import = builtins.__import__
+
+    def no_pandas(name, *args, **kwargs):
+        if name.split(".")[0] in ("pandas", "xarray"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pandas)
+    monkeypatch.delitem(sys.modules, "pandas", raising=False)
+    with pytest.raises(ScalelabError, match=r"pip install -e '\.\[analysis\]'"):
+        run.to_pandas()
