@@ -196,22 +196,24 @@ def analyse_params(args) -> dict:
 def analyse_run(args) -> dict:
     """Every (or one) model of a run at a saved epoch, each as the run measured it."""
     from scalelab.data import load_dataset
-    from scalelab.planning import plan_grid, prepare_arrays
+    from scalelab.planning import plan_study, prepare_arrays
     from scalelab.results import RunDir
 
     run_dir = RunDir.open(args.run)
     config = run_dir.config()
     dataset = load_dataset(config.data.name, config.data.data_dir)
-    plan = plan_grid(config, dataset)
+    plan = plan_study(config, dataset)
     # The transform statistics and the measured examples come from the run's own (possibly
     # limited) training split, as in planning.plan_grid and measure.measurement_batch.
     train = prepare_arrays(dataset, config)[:2]
     run_examples = f"0:{min(config.curvature.examples, len(train[0]))}"
-    models = plan.models if args.model is None else [m for m in plan.models if m.index == args.model]
+    # Each model with its own program's config (its static axes: widths, activation, loss, ...).
+    every = [(m, grid.config) for grid in plan.grids for m in grid.models]
+    models = every if args.model is None else [(m, c) for m, c in every if m.index == args.model]
     if not models:
-        raise UsageError(f"--model {args.model}: the run has models 0..{len(plan.models) - 1}")
+        raise UsageError(f"--model {args.model}: the run has models 0..{len(every) - 1}")
     results = []
-    for m in models:
+    for m, config in models:
         params = run_dir.load_params(args.epoch, m.index)
         one = analyse(
             params, hidden=tuple(config.model.hidden), init=config.model.init,

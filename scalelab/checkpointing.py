@@ -15,7 +15,7 @@ import numpy as np
 from scalelab import measure
 from scalelab.config import RunConfig
 from scalelab.errors import ScalelabError, UsageError
-from scalelab.planning import GridPlan
+from scalelab.planning import Chunk, StudyPlan
 from scalelab.results import RunDir
 
 
@@ -27,28 +27,33 @@ class Progress(NamedTuple):
     leaves: list[np.ndarray] | None  # the chunk's state after ``epoch`` epochs; None: start it fresh
     rows: list[dict[str, Any]]
     curvature_rows: list[dict[str, Any]]
-    chunks: list[tuple[slice, slice]] | None = None  # the run's chunk layout (None: plan it)
+    chunks: list[Chunk] | None = None  # the run's chunk layout (None: plan it)
 
 
 START = Progress(0, 0, None, [], [])
 
 
-def encode_chunks(chunks: list[tuple[slice, slice]]) -> list[list[int]]:
-    return [[s.start, s.stop, v.start, v.stop] for s, v in chunks]
+def encode_chunks(chunks: list[Chunk]) -> list[list[int]]:
+    return [[g, s.start, s.stop, v.start, v.stop] for g, s, v in chunks]
 
 
-def decode_chunks(raw) -> list[tuple[slice, slice]] | None:
-    return None if raw is None else [(slice(a, b), slice(c, d)) for a, b, c, d in raw]
+def decode_chunks(raw) -> list[Chunk] | None:
+    """The saved chunk layout; entries of four numbers (before static axes) are program 0's."""
+    if raw is None:
+        return None
+    return [(g, slice(a, b), slice(c, d)) for g, a, b, c, d in ([0, *r] if len(r) == 4 else r for r in raw)]
 
 
-def write_tables(run_dir: RunDir, plan: GridPlan, rows, curvature_rows) -> None:
+def write_tables(run_dir: RunDir, plan: StudyPlan, rows, curvature_rows) -> None:
     run_dir.write_metrics(sorted(rows, key=lambda r: (r["model"], r["epoch"])), plan.axes)
     if curvature_rows:
-        columns = measure.curvature_columns(plan.axes, len(plan.config.model.hidden), plan.config.curvature.top_k)
+        columns = measure.study_curvature_columns(plan.config)
         run_dir.write_curvature(sorted(curvature_rows, key=lambda r: (r["model"], r["step"])), columns)
 
 
-def checkpoint(run_dir: RunDir, plan: GridPlan, state, position: tuple[int, int], chunks, rows, curvature_rows) -> None:
+def checkpoint(
+    run_dir: RunDir, plan: StudyPlan, state, position: tuple[int, int], chunks, rows, curvature_rows
+) -> None:
     """Tables, then the state of the chunk with ``position = (next chunk, next epoch)``."""
     write_tables(run_dir, plan, rows, curvature_rows)
     leaves = [np.asarray(x) for x in jax.tree.leaves(state)]

@@ -35,30 +35,33 @@ READABLE_VERSIONS = (1, 2)  # v1 run directories have the same files and the axe
 
 
 def option(default: Any, help: str, *, flag: str | None = None, parse: Callable[[str], Any] | None = None,
-           negate: bool = False, free: bool = False) -> Any:  # fmt: skip
+           negate: bool = False, free: bool = False, cli: bool = True) -> Any:  # fmt: skip
     """A config field with its command-line flag.
 
     ``flag``: the flag's name (default ``--field-name``); ``parse``: str -> value (default: the
     default's type); ``negate``: a bool field set False by ``--no-...`` (``flag``); ``free``: a
-    field ``--resume`` may change, since it does not change any number the run computes.
+    field ``--resume`` may change, since it does not change any number the run computes; ``cli``
+    False: no flag of its own (``grid.programs``, set through list-valued static flags).
     """
-    meta = {"help": help, "flag": flag, "parse": parse, "negate": negate, "free": free}
+    meta = {"help": help, "flag": flag, "parse": parse, "negate": negate, "free": free, "cli": cli}
     return field(default=default, metadata=meta)
-
-
-def _choice(names: Mapping[str, object] | tuple[str, ...], what: str) -> Callable[[str], str]:
-    def check(value: str) -> str:
-        if value not in names:
-            raise UsageError(f"unknown {what} {value!r}; choose one of {', '.join(names)}")
-        return value
-
-    return check
 
 
 def _input_names(text: str) -> tuple[str, ...]:
     from scalelab.transforms import parse_transforms
 
     return tuple(t.name for t in parse_transforms(text))
+
+
+# Fields that change the compiled program and may still be grid axes: each distinct combination
+# of their values is one program of the study (``GridConfig.programs``), compiled once, whose
+# numeric sub-grid is vmapped as usual. Axis names as the tables' columns spell them (``loss_name``, since
+# ``loss`` is a measured column).
+STATIC_AXES = {
+    "model.hidden": "hidden", "model.activation": "activation", "model.init": "init",
+    "train.loss": "loss_name", "train.batch_size": "batch_size", "optimizer.name": "optimizer",
+}  # fmt: skip
+Program = tuple[tuple[str, Any], ...]  # (("model.activation", "relu"), ("optimizer.name", "adam")): one program
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,25 @@ def check_seed_list(seeds: tuple[int, ...]) -> None:
         raise UsageError(f"--seed-list repeats {', '.join(map(str, repeated))}; list each seed once")
 
 
+def normalize_programs(programs) -> tuple[Program, ...]:
+    """Programs as sorted-by-STATIC_AXES tuples of (field, value); from JSON's lists of tables too."""
+    out = []
+    for program in programs:
+        items = dict(program.items() if isinstance(program, Mapping) else program)
+        unknown = sorted(set(items) - set(STATIC_AXES))
+        if unknown:
+            raise UsageError(f"grid.programs: {unknown[0]!r} is not a static field; they are {', '.join(STATIC_AXES)}")
+        values = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in items.items()}
+        out.append(tuple((k, values[k]) for k in STATIC_AXES if k in values))
+    keys = {tuple(k for k, _ in p) for p in out}
+    if len(keys) > 1:
+        raise UsageError("grid.programs: every program must set the same static fields; fill in the missing ones")
+    repeated = [p for p in out if out.count(p) > 1]
+    if repeated:
+        raise UsageError(f"grid.programs lists {dict(repeated[0])} more than once; list each program once")
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class GridConfig:
     """The vmapped axes: every combination of seed x input transform x learning rate is a model.
@@ -142,6 +164,11 @@ class GridConfig:
         None, flag="--lr", parse=cli.float_list,
         help="learning rate(s), comma-separated: a grid axis (default: adam/adamw/rmsprop 1e-3, sgd/momentum 1e-2)",
     )  # fmt: skip
+    programs: tuple[Program, ...] = option(
+        (), cli=False,
+        help="static axes: the combinations of static fields the study trains, one compiled program each "
+        "(set by list-valued --hidden/--activation/--init/--loss/--batch-size/--optimizer, or in a config file)",
+    )  # fmt: skip
 
     def __post_init__(self):
         from scalelab.transforms import parse_transforms
@@ -154,6 +181,7 @@ class GridConfig:
             object.__setattr__(self, "seed_list", tuple(self.seed_list))
             check_seed_list(self.seed_list)
             object.__setattr__(self, "seeds", len(self.seed_list))
+        object.__setattr__(self, "programs", normalize_programs(self.programs))
         if self.lrs is not None:
             object.__setattr__(self, "lrs", tuple(float(lr) for lr in self.lrs))
             if not self.lrs or not all(0 < lr < float("inf") for lr in self.lrs):
@@ -246,21 +274,43 @@ class RunConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     def __post_init__(self):
-        if self.grid.lrs is None:
+        per_program_lr = any(k == "optimizer.name" for p in self.grid.programs for k, _ in p)
+        if self.grid.lrs is None and not per_program_lr:  # with an optimiser axis, each program takes its own
             lrs = (DEFAULT_LR[self.optimizer.name],)
             object.__setattr__(self, "grid", dataclasses.replace(self.grid, lrs=lrs))
+        self.programs()  # builds, and so checks, every program
+
+    def programs(self) -> list[tuple[Program, RunConfig]]:
+        """(static values, single-program config) of every program of the study, in order.
+
+        A study without static axes is its own single program.
+        """
+        if not self.grid.programs:
+            return [((), self)]
+        out = []
+        for program in self.grid.programs:
+            sections: dict[str, dict[str, Any]] = {"grid": {"programs": (), "lrs": self.grid.lrs}}
+            for name, value in program:
+                section, field_name = name.split(".")
+                sections.setdefault(section, {})[field_name] = value
+            out.append((program, RunConfig.from_dict(sections, self, source="grid.programs")))
+        return out
 
     @property
     def lrs(self) -> tuple[float, ...]:
-        assert self.grid.lrs is not None  # resolved in __post_init__
-        return self.grid.lrs
+        """The learning rates of the study: its own, or every program's in order of first use."""
+        if self.grid.lrs is not None:
+            return self.grid.lrs
+        return tuple(dict.fromkeys(lr for _, c in self.programs() for lr in c.lrs))
 
     @property
     def num_models(self) -> int:
-        return self.grid.seeds * len(self.grid.inputs) * len(self.lrs)
+        return sum(c.grid.seeds * len(c.grid.inputs) * len(c.lrs) for _, c in self.programs())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}
+        raw = {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}
+        raw["grid"]["programs"] = [dict(p) for p in self.grid.programs]  # tables in JSON and TOML
+        return raw
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], base: RunConfig | None = None, source: str = "config.json") -> RunConfig:
@@ -287,7 +337,9 @@ class RunConfig:
                 raise UsageError(f"{source}: section {name!r} must be a table of fields, not {values!r}")
             changes[name] = _section_with(getattr(base, name), values, f"{source}: {name}")
         renamed = "name" in raw.get("optimizer", {}) and changes["optimizer"].name != base.optimizer.name
-        if renamed and "lrs" not in raw.get("grid", {}):
+        grid = raw.get("grid", {})
+        optimizer_axis = any(k == "optimizer.name" for p in normalize_programs(grid.get("programs", ())) for k, _ in p)
+        if (renamed or optimizer_axis) and "lrs" not in grid:
             # Another optimiser without learning rates gets its own default, as on the command line.
             changes["grid"] = dataclasses.replace(changes.get("grid", base.grid), lrs=None)
         try:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from scalelab.config import OPTIMIZER_OPTIONS, RunConfig
+from scalelab.config import OPTIMIZER_OPTIONS, STATIC_AXES, RunConfig
 from scalelab.errors import UsageError
 
 Overrides = dict[str, dict[str, Any]]  # {section: {field: value}}, config.json's layout
@@ -33,6 +34,20 @@ class Flag:
     def dest(self) -> str:
         return f"{self.section}.{self.field}"
 
+    @property
+    def static(self) -> bool:
+        """A static field: several values make it an axis of programs (``config.STATIC_AXES``)."""
+        return self.dest in STATIC_AXES
+
+
+def _values(parse: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
+    """``a,b,c`` -> (parse(a), parse(b), parse(c)): the list form of a static flag."""
+
+    def parse_list(text: str) -> tuple[Any, ...]:
+        return tuple(parse(part.strip()) for part in text.split(","))
+
+    return parse_list
+
 
 def config_flags(defaults: RunConfig | None = None) -> Iterator[Flag]:
     """One ``Flag`` per field of every section of ``RunConfig``, in the classes' order."""
@@ -40,6 +55,8 @@ def config_flags(defaults: RunConfig | None = None) -> Iterator[Flag]:
     for section in dataclasses.fields(RunConfig):
         values = getattr(defaults, section.name)
         for f in dataclasses.fields(values):
+            if f.metadata.get("cli") is False:
+                continue
             meta = {**f.metadata, **(OPTIMIZER_OPTIONS.get(f.name, {}) if section.name == "optimizer" else {})}
             default = getattr(values, f.name)
             parse = meta.get("parse") or (type(default) if isinstance(default, int | float | str) else str)
@@ -63,6 +80,13 @@ def add_config_flags(parser: argparse.ArgumentParser, defaults: RunConfig | None
         group = groups.setdefault(flag.section, parser.add_argument_group(f"{flag.section} (config section)"))
         if flag.negate:
             group.add_argument(flag.flag, dest=flag.dest, action="store_const", const=False, help=flag.help)
+        elif flag.dest == "model.hidden":  # a layout has commas, so layouts are separate words
+            group.add_argument(flag.flag, dest=flag.dest, type=flag.parse, nargs="+", metavar="LAYOUT",
+                               help=f"{flag.help}; several layouts (128 128,128 512) are a static axis")  # fmt: skip
+        elif flag.static:
+            assert flag.parse is not None
+            group.add_argument(flag.flag, dest=flag.dest, type=_values(flag.parse), metavar=flag.field.upper(),
+                               help=flag.help + "; a comma-separated list is a static axis")  # fmt: skip
         else:
             metavar = flag.field.upper().replace("_", "-")
             group.add_argument(flag.flag, dest=flag.dest, type=flag.parse, help=flag.help, metavar=metavar)
@@ -71,12 +95,26 @@ def add_config_flags(parser: argparse.ArgumentParser, defaults: RunConfig | None
 def given(args: argparse.Namespace) -> Overrides:
     """The config flags given on the command line, in config.json's layout."""
     out: Overrides = {}
+    axes: dict[str, tuple[Any, ...]] = {}
     for flag in config_flags():
         value = getattr(args, flag.dest, None)
-        if value is not None:
-            out.setdefault(flag.section, {})[flag.field] = value
+        if value is None:
+            continue
+        if flag.static:  # the list forms: one value is the field, several an axis of programs
+            if len(value) > len(set(value)):
+                raise UsageError(f"{flag.flag} lists a value more than once; list each once")
+            if len(value) > 1:
+                axes[flag.dest] = tuple(value)
+                continue
+            value = value[0]
+        out.setdefault(flag.section, {})[flag.field] = value
     if {"seeds", "seed_list"} <= set(out.get("grid", {})):
         raise UsageError("--seeds N and --seed-list S both choose the seeds; give one of them")
+    if axes:
+        names = list(axes)
+        out.setdefault("grid", {})["programs"] = tuple(
+            tuple(zip(names, values, strict=True)) for values in itertools.product(*axes.values())
+        )
     return out
 
 
@@ -93,8 +131,17 @@ def merge(*layers: Mapping[str, Mapping[str, Any]]) -> Overrides:
 
 
 def apply(base: RunConfig, overrides: Mapping[str, Mapping[str, Any]]) -> RunConfig:
-    """``base`` with ``overrides``; curvature flags switch curvature on where the base has it off."""
+    """``base`` with ``overrides``; curvature flags switch curvature on where the base has it off.
+
+    A single value for a field that is a static axis of ``base`` is refused: it would be
+    overridden by every program (give the list again, or one value as the whole axis).
+    """
     overrides = merge(overrides)
+    if "programs" not in overrides.get("grid", {}):
+        varied = {name for program in base.grid.programs for name, _ in program}
+        clash = sorted(f"{s}.{f}" for s, fields in overrides.items() for f in fields if f"{s}.{f}" in varied)
+        if clash:
+            raise UsageError(f"{clash[0]} is a static axis of this study; give its whole list (e.g. a,b) instead")
     curvature = overrides.get("curvature", {})
     if curvature and "enabled" not in curvature and not base.curvature.enabled:
         curvature["enabled"] = True

@@ -150,6 +150,17 @@ def curvature_columns(axes: Sequence[Axis], num_hidden: int, top_k: int) -> list
     return columns
 
 
+def study_curvature_columns(config) -> list[str]:
+    """curvature.csv's columns for a study: its axes and its deepest program's layers.
+
+    A shallower program's rows leave the deeper layers' columns empty (read back as NaN).
+    """
+    from scalelab.schema import grid_axes
+
+    depth = max(len(single.model.hidden) for _, single in config.programs())
+    return curvature_columns(grid_axes(config), depth, config.curvature.top_k)
+
+
 def model_numbers(m: Measurement, num_hidden: int) -> dict[str, float]:
     """One model's measurement (numpy, no model axes) as {column: value}, without identity columns."""
     p, h, b = m.probes, m.curvature.hessian, m.curvature.blocks

@@ -21,36 +21,31 @@ from scalelab.errors import UsageError
 from scalelab.losses import get_loss
 from scalelab.models import count_params, make_model
 from scalelab.optim import make_direction
-from scalelab.schema import Axis, ModelId, grid_axes, grid_models
+from scalelab.schema import Axis, ModelId, grid_axes, study_models
 from scalelab.train import Hypers
-from scalelab.transforms import fit_affine, parse_transform
+from scalelab.transforms import AffineConstants, fit_affine, parse_transform
 
 
 @dataclass(frozen=True)
 class GridPlan:
-    """A config resolved against its data: the compiled program, the axes and the constants.
+    """One program of a study resolved against its data: the compiled program and its constants.
 
     The engine sees the grid as (S, V): S seeds, and V variants (input transform x lr) per seed;
-    model ``s * V + v`` is ``models[s * V + v]``, the product of ``axes`` in their order.
+    model ``s * V + v`` of the grid is ``models[s * V + v]``, which carries the study's index and
+    coordinates on every axis of the study (``axes``).
     """
 
-    config: RunConfig
+    config: RunConfig  # this program's (no static axes left)
     program: grid_lib.Program
-    axes: tuple[Axis, ...]
+    axes: tuple[Axis, ...]  # the study's
+    models: tuple[ModelId, ...]  # this program's
+    seeds: tuple[int, ...]
     hypers: Hypers  # numpy, leading axis V
     data: grid_lib.DeviceData  # numpy; put on the device by the caller
 
     @property
-    def seeds(self) -> tuple[int, ...]:
-        return self.axes[0].values
-
-    @property
     def num_variants(self) -> int:
         return len(self.hypers.lr)
-
-    @property
-    def models(self) -> list[ModelId]:
-        return grid_models(self.axes)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -79,9 +74,13 @@ def prepare_arrays(dataset, config: RunConfig):
     return train_x, train_y, test_x, test_y
 
 
-def variant_hypers(config: RunConfig, train_x: np.ndarray) -> Hypers:
-    """The vmapped constants of every variant (transform x lr, lr fastest), leading axis V."""
-    constants = [fit_affine(parse_transform(name), train_x) for name in config.grid.inputs]
+def variant_hypers(config: RunConfig, train_x: np.ndarray, fitted: dict[str, AffineConstants] | None = None) -> Hypers:
+    """The vmapped constants of every variant (transform x lr, lr fastest), leading axis V.
+
+    ``fitted``: transforms already fitted to ``train_x`` by name (a study's programs share them).
+    """
+    fitted = fitted or {}
+    constants = [fitted.get(name) or fit_affine(parse_transform(name), train_x) for name in config.grid.inputs]
     per_variant = [(c, lr) for c in constants for lr in config.lrs]
     return Hypers(
         shift=np.stack([c.shift for c, _ in per_variant]),  # type: ignore[arg-type]
@@ -101,9 +100,43 @@ def make_program(config: RunConfig, num_classes: int) -> grid_lib.Program:
     )
 
 
-def plan_grid(config: RunConfig, dataset, models_per_block: int | None = None) -> GridPlan:
-    """Everything a run needs before touching the device; ``models_per_block`` None: the
-    config's (``engine.models_per_block``), else automatic."""
+@dataclass(frozen=True)
+class StudyPlan:
+    """A study: one ``GridPlan`` per program (one, without static axes), on the study's axes."""
+
+    config: RunConfig
+    axes: tuple[Axis, ...]
+    grids: tuple[GridPlan, ...]
+
+    @property
+    def models(self) -> list[ModelId]:
+        return [m for g in self.grids for m in g.models]
+
+
+def plan_study(config: RunConfig, dataset, models_per_block: int | None = None) -> StudyPlan:
+    """Every program of ``config`` planned against ``dataset``, the input transforms fitted once."""
+    axes, models = grid_axes(config), study_models(config)
+    train_x = prepare_arrays(dataset, config)[0]
+    fitted = {name: fit_affine(parse_transform(name), train_x) for name in config.grid.inputs}
+    grids, start = [], 0
+    for _, single in config.programs():
+        count = single.num_models
+        grid = plan_grid(
+            single, dataset, models_per_block, axes=axes, models=models[start : start + count], fitted=fitted
+        )
+        grids.append(grid)
+        start += count
+    return StudyPlan(config, axes, tuple(grids))
+
+
+def plan_grid(
+    config: RunConfig, dataset, models_per_block: int | None = None, *, axes=None, models=None, fitted=None
+) -> GridPlan:
+    """Everything a single-program run needs before touching the device; ``models_per_block``
+    None: the config's (``engine.models_per_block``), else automatic. ``axes``/``models``/``fitted``:
+    the study's, when this is one of its programs (``plan_study``)."""
+    if config.grid.programs:
+        raise ValueError("plan_grid plans one program; use plan_study for a config with static axes")
     train_x, train_y, test_x, test_y = prepare_arrays(dataset, config)
     program = make_program(config, dataset.num_classes)
     if models_per_block is None:
@@ -113,16 +146,24 @@ def plan_grid(config: RunConfig, dataset, models_per_block: int | None = None) -
     return GridPlan(
         config=config,
         program=dataclasses.replace(program, models_per_block=models_per_block),
-        axes=grid_axes(config),
-        hypers=variant_hypers(config, train_x),
+        axes=grid_axes(config) if axes is None else axes,
+        models=tuple(study_models(config) if models is None else models),
+        seeds=config.grid.seed_values,
+        hypers=variant_hypers(config, train_x, fitted),
         data=grid_lib.DeviceData(train_x, train_y, test_x, test_y),
     )
 
 
-def plan_chunks(plan: GridPlan) -> list[tuple[slice, slice]]:
-    """The (seed slice, variant slice) chunks trained one after another."""
-    limit = plan.config.engine.max_models_per_chunk or auto_chunk(plan)
-    return grid_lib.split_chunks(len(plan.seeds), plan.num_variants, limit)
+Chunk = tuple[int, slice, slice]  # (program, seed slice, variant slice)
+
+
+def plan_chunks(study: StudyPlan) -> list[Chunk]:
+    """The chunks trained one after another: each program's (seed slice, variant slice) pieces."""
+    chunks: list[Chunk] = []
+    for g, plan in enumerate(study.grids):
+        limit = plan.config.engine.max_models_per_chunk or auto_chunk(plan)
+        chunks += [(g, s, v) for s, v in grid_lib.split_chunks(len(plan.seeds), plan.num_variants, limit)]
+    return chunks
 
 
 # What the models stepped together touch at every step (parameters, gradients, two optimiser

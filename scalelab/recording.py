@@ -33,6 +33,7 @@ class ChunkRun:
     hypers: Hypers  # placed on the mesh, padded
     layout: sharding.GridLayout
     program: grid_lib.Program  # the plan's, on the chunk's mesh
+    plan: GridPlan  # the program of the study this chunk belongs to
 
     def host(self, tree):
         """A (padded, sharded) grid pytree as numpy arrays of the chunk's real (S_c, V_c) models."""

@@ -27,7 +27,7 @@ import numpy as np
 
 from scalelab.config import RunConfig
 from scalelab.errors import ScalelabError, UsageError
-from scalelab.measure import curvature_columns
+from scalelab.measure import study_curvature_columns
 from scalelab.schema import Axis, grid_axes, metric_columns, parse_curvature_value, parse_metrics_row
 
 
@@ -74,7 +74,7 @@ def rows_csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
     writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _csv_value(row[k]) for k in columns})
+        writer.writerow({k: _csv_value(row.get(k, math.nan)) for k in columns})  # a shallower program: nan
     return out.getvalue()
 
 
@@ -208,8 +208,7 @@ class RunDir:
         if not self.curvature_path.exists():
             raise ScalelabError(f"{self.curvature_path} is missing; the run recorded no curvature (--no-curvature?)")
         config = self.config()
-        columns = curvature_columns(grid_axes(config), len(config.model.hidden), config.curvature.top_k)
-        return read_curvature(self.curvature_path, grid_axes(config), columns)
+        return read_curvature(self.curvature_path, grid_axes(config), study_curvature_columns(config))
 
     def summary(self) -> dict[str, Any]:
         if not self.summary_path.exists():

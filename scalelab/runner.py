@@ -22,11 +22,20 @@ from scalelab import checkpointing, measure, recording, sharding
 from scalelab import grid as grid_lib
 from scalelab.config import RunConfig
 from scalelab.errors import ScalelabError
-from scalelab.planning import GridPlan, plan_chunks, plan_grid
+from scalelab.planning import StudyPlan, plan_chunks, plan_grid, plan_study
 from scalelab.recording import ChunkRun
 from scalelab.results import RunDir
 
-__all__ = ["Interrupted", "StopRequested", "compile_programs", "plan_grid", "run_grid", "segment_bounds", "train_plan"]
+__all__ = [
+    "Interrupted",
+    "StopRequested",
+    "compile_programs",
+    "plan_grid",
+    "plan_study",
+    "run_grid",
+    "segment_bounds",
+    "train_plan",
+]
 
 OnEpoch = Callable[[int, int, list[dict[str, Any]]], None]  # (chunk, epoch, rows so far)
 
@@ -118,20 +127,21 @@ def run_grid(
     resume: bool = False,
     on_epoch: OnEpoch | None = None,
     **settings,
-) -> tuple[GridPlan, list[dict[str, Any]]]:
-    """Trains the whole grid and returns (plan, rows); writes ``run_dir`` as it goes if given.
+) -> tuple[StudyPlan, list[dict[str, Any]]]:
+    """Trains the whole study and returns (plan, rows); writes ``run_dir`` as it goes if given.
 
     ``settings`` override ``config.engine`` and ``config.output`` by field name
     (``max_models_per_chunk``, ``models_per_block``, ``save_params``, ``checkpoint_every``).
     """
-    plan = plan_grid(with_settings(config, **settings), dataset)
+    plan = plan_study(with_settings(config, **settings), dataset)
     return plan, train_plan(plan, run_dir, resume=resume, on_epoch=on_epoch)
 
 
 def train_plan(
-    plan: GridPlan, run_dir: RunDir | None = None, *, resume: bool = False, on_epoch: OnEpoch | None = None
+    plan: StudyPlan, run_dir: RunDir | None = None, *, resume: bool = False, on_epoch: OnEpoch | None = None
 ) -> list[dict[str, Any]]:
-    """Trains a planned grid chunk by chunk; returns every metrics row, sorted by model and epoch.
+    """Trains a planned study chunk by chunk (program by program); returns every metrics row,
+    sorted by model and epoch.
 
     With ``plan.config.curvature.enabled`` every model is also measured at init, every
     ``curvature.every`` steps and after each epoch (``curvature.csv``, ``spectrum.json``).
@@ -155,12 +165,15 @@ def train_plan(
 class GridLoop:
     """The chunk and epoch loop of one run, with the rows it has recorded so far."""
 
-    def __init__(self, plan: GridPlan, run_dir: RunDir | None, on_epoch: OnEpoch | None, chunks=None):
+    def __init__(self, plan: StudyPlan, run_dir: RunDir | None, on_epoch: OnEpoch | None, chunks=None):
         self.plan, self.run_dir, self.on_epoch = plan, run_dir, on_epoch
         self.chunks = chunks or plan_chunks(plan)  # a resumed run keeps its own layout
         self.fns = compile_programs()
         enabled = plan.config.curvature.enabled
-        self.recorder = recording.Recorder(plan, self.fns.measure, self.fns.density, run_dir) if enabled else None
+        self.recorders = [
+            recording.Recorder(grid, self.fns.measure, self.fns.density, run_dir) if enabled else None
+            for grid in plan.grids
+        ]
         self.writer = run_dir if run_dir is not None and jax.process_index() == 0 else None  # one writer
         self.params_dir = self.writer if plan.config.output.save_params else None
         self.rows: list[dict[str, Any]] = []
@@ -169,8 +182,8 @@ class GridLoop:
 
     def place_chunk(self, c: int, leaves: list[np.ndarray] | None):
         """The chunk's initial (or restored) state, spread over its devices: (chunk, state, data)."""
-        plan = self.plan
-        seed_slice, variant_slice = self.chunks[c]
+        g, seed_slice, variant_slice = self.chunks[c]
+        plan = self.plan.grids[g]
         seeds = plan.seeds[seed_slice]
         init_keys, order_keys = grid_lib.seed_keys(seeds)
         num_variants = len(range(plan.num_variants)[variant_slice])
@@ -185,39 +198,39 @@ class GridLoop:
             layout, mesh, state, hypers, plan.data, sharding.to_host(order_keys)
         )
         program = dataclasses.replace(plan.program, mesh=mesh)
-        return ChunkRun(c, self.chunks[c], order_keys, hypers, layout, program), state, data
+        return ChunkRun(c, (seed_slice, variant_slice), order_keys, hypers, layout, program, plan), state, data
 
     def train_chunk(self, c: int, first_epoch: int, leaves: list[np.ndarray] | None) -> None:
         """Epochs ``first_epoch`` ... of chunk ``c``, from ``leaves`` (None: its initial state)."""
         chunk, state, data = self.place_chunk(c, leaves)
+        recorder = self.recorders[self.chunks[c][0]]
         if first_epoch == 0:
-            if self.recorder is not None:
-                self.curvature_rows.extend(self.recorder.measure(chunk, state, 0, 0.0))
-                self.recorder.record_density(chunk, state)
-            recording.save_params(self.params_dir, self.plan, chunk, state, 0)
+            if recorder is not None:
+                self.curvature_rows.extend(recorder.measure(chunk, state, 0, 0.0))
+                recorder.record_density(chunk, state)
+            recording.save_params(self.params_dir, chunk.plan, chunk, state, 0)
         for epoch in range(first_epoch, self.plan.config.train.epochs):
-            state = self.train_epoch(chunk, state, data, epoch)
+            state = self.train_epoch(chunk, recorder, state, data, epoch)
             self.after_epoch(chunk, state, epoch)
 
-    def train_epoch(self, chunk: ChunkRun, state, data, epoch: int):
+    def train_epoch(self, chunk: ChunkRun, recorder: recording.Recorder | None, state, data, epoch: int):
         """One epoch of the chunk, measured part-way if the run asks; records its metrics rows."""
-        every = self.plan.config.curvature.every if self.recorder is not None else 0
-        if every:
-            state, metrics = self.segmented_epoch(chunk, state, data, epoch, every)
+        every = self.plan.config.curvature.every if recorder is not None else 0
+        if recorder is not None and every:
+            state, metrics = self.segmented_epoch(chunk, recorder, state, data, epoch, every)
         else:
             state, metrics = self.fns.epoch(chunk.program, state, chunk.hypers, data, chunk.order_keys, np.int32(epoch))
-        self.rows.extend(recording.epoch_rows(self.plan, chunk.coords, epoch, chunk.host(metrics)))
-        if self.recorder is not None:
-            step = (epoch + 1) * self.plan.steps_per_epoch
-            self.curvature_rows.extend(self.recorder.measure(chunk, state, step, epoch + 1.0))
+        self.rows.extend(recording.epoch_rows(chunk.plan, chunk.coords, epoch, chunk.host(metrics)))
+        if recorder is not None:
+            step = (epoch + 1) * chunk.plan.steps_per_epoch
+            self.curvature_rows.extend(recorder.measure(chunk, state, step, epoch + 1.0))
         return state
 
-    def segmented_epoch(self, chunk: ChunkRun, state, data, epoch: int, every: int):
+    def segmented_epoch(self, chunk: ChunkRun, recorder: recording.Recorder, state, data, epoch: int, every: int):
         """An epoch as consecutive stretches of steps, measuring every model between them."""
-        assert self.recorder is not None
         fns, program, e = self.fns, chunk.program, np.int32(epoch)
-        steps_per_epoch = self.plan.steps_per_epoch
-        orders, weights = fns.batches(program, chunk.order_keys, e, self.plan.data.train_x.shape[0])
+        steps_per_epoch = chunk.plan.steps_per_epoch
+        orders, weights = fns.batches(program, chunk.order_keys, e, chunk.plan.data.train_x.shape[0])
         sums = grid_lib.zero_sums(state)
         for start, stop in segment_bounds(steps_per_epoch, every):
             state, sums = fns.steps(
@@ -225,13 +238,13 @@ class GridLoop:
             )
             if stop < steps_per_epoch:
                 step = epoch * steps_per_epoch + stop
-                self.curvature_rows.extend(self.recorder.measure(chunk, state, step, epoch + stop / steps_per_epoch))
+                self.curvature_rows.extend(recorder.measure(chunk, state, step, epoch + stop / steps_per_epoch))
         return fns.finish(program, state, sums, chunk.hypers, data, e)
 
     def after_epoch(self, chunk: ChunkRun, state, epoch: int) -> None:
         """Params, the checkpoint when due, the progress callback, and a requested stop."""
         c, epochs = chunk.index, self.plan.config.train.epochs
-        recording.save_params(self.params_dir, self.plan, chunk, state, epoch + 1)
+        recording.save_params(self.params_dir, chunk.plan, chunk, state, epoch + 1)
         done = (c, epoch + 1) if epoch + 1 < epochs else (c + 1, 0)
         due = (epoch + 1) % self.plan.config.output.checkpoint_every == 0 or done[1] == 0 or self.stop.requested
         if due and self.writer is not None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from scalelab.config import RunConfig
+from scalelab.config import STATIC_AXES, RunConfig
 from scalelab.errors import ScalelabError
 
 SEED = "seed"
@@ -38,13 +38,46 @@ class Axis:
         return self.kind(text) if self.kind is not int else int(float(text))
 
 
+def axis_value(field: str, value: Any) -> Any:
+    """A static field's value as its column holds it (a hidden layout ``(128, 64)`` as ``128-64``)."""
+    return "-".join(map(str, value)) if field == "model.hidden" else value
+
+
+def static_axes(config: RunConfig) -> tuple[Axis, ...]:
+    """One axis per static field the study's programs vary (``grid.programs``), in their order."""
+    if not config.grid.programs:
+        return ()
+    fields = [name for name, _ in config.grid.programs[0]]
+    axes = []
+    for name in fields:
+        values = tuple(dict.fromkeys(axis_value(name, dict(p)[name]) for p in config.grid.programs))
+        axes.append(Axis(STATIC_AXES[name], values, int if name == "train.batch_size" else str))
+    return tuple(axes)
+
+
 def grid_axes(config: RunConfig) -> tuple[Axis, ...]:
-    """The axes of ``config``'s grid, seed first; the model index runs over their product."""
+    """The axes of ``config``'s study: its static axes, then seed, inputs and lr."""
     return (
+        *static_axes(config),
         Axis(SEED, config.grid.seed_values, int),
         Axis("inputs", config.grid.inputs, str),
         Axis("lr", tuple(float(lr) for lr in config.lrs), float),
     )
+
+
+def study_models(config: RunConfig) -> list[ModelId]:
+    """Every model of the study: program by program, then seed, inputs and lr (lr fastest).
+
+    Within a program this is the engine's flat order ``s * V + v``. Programs may differ in their
+    learning rates (each optimiser's default), so a study need not be the full product of its axes.
+    """
+    models: list[ModelId] = []
+    for program, single in config.programs():
+        static = tuple((STATIC_AXES[name], axis_value(name, value)) for name, value in program)
+        for values in itertools.product(single.grid.seed_values, single.grid.inputs, single.lrs):
+            coords = static + tuple(zip((SEED, "inputs", "lr"), (values[0], values[1], float(values[2])), strict=True))
+            models.append(ModelId(len(models), coords))
+    return models
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,17 @@ from scalelab.config import RunConfig
 from scalelab.errors import ScalelabError
 from scalelab.locking import RunLock
 from scalelab.results import RunDir, read_json
-from scalelab.schema import Axis, ModelId, axis_names, final_rows, grid_axes, grid_models, metric_columns, summarize
+from scalelab.schema import (
+    Axis,
+    ModelId,
+    axis_names,
+    final_rows,
+    grid_axes,
+    metric_columns,
+    static_axes,
+    study_models,
+    summarize,
+)
 
 
 @dataclass(frozen=True)
@@ -49,7 +59,7 @@ class Run:
 
     @property
     def models(self) -> list[ModelId]:
-        return grid_models(self.axes)
+        return study_models(self.config)
 
     @property
     def status(self) -> dict[str, Any]:
@@ -138,7 +148,7 @@ def run(
         raise ScalelabError("resume=True needs the run directory to continue (out)")
     if dataset is None:
         dataset = load_dataset(config.data.name, config.data.data_dir)
-    plan = runner.plan_grid(config, dataset)  # every remaining check, before a run directory exists
+    plan = runner.plan_study(config, dataset)  # every remaining check, before a run directory exists
     target = Path(out) if out is not None else default_out(name)
     run_dir = RunDir.open(target) if resume else RunDir.create(target, config)
     with writer_lock(run_dir):
@@ -171,6 +181,12 @@ def default_out(name: str) -> Path:
 
 def describe(config: RunConfig) -> str:
     """One line: the grid's size and axes, the network and how it trains."""
+    if config.grid.programs:
+        axes = ", ".join(f"{a.name} {'/'.join(map(str, a.values))}" for a in static_axes(config))
+        return (
+            f"{config.num_models} models ({len(config.grid.programs)} programs: {axes}; each {config.grid.seeds} "
+            f"seeds x {len(config.grid.inputs)} inputs x lr), {config.train.epochs} epochs"
+        )
     hidden = "-".join(str(w) for w in config.model.hidden)
     return (
         f"{config.num_models} models ({config.grid.seeds} seeds x {len(config.grid.inputs)} inputs x "

@@ -111,7 +111,8 @@ def test_measured_top_eigenvalues_match_the_dense_hessian(tiny_dataset):
 def test_run_records_init_every_k_steps_and_epoch_ends(tiny_dataset, tmp_path):
     cfg = config()
     run = RunDir.create(tmp_path / "run", cfg)
-    plan, rows = run_grid(cfg, tiny_dataset, run)
+    study, rows = run_grid(cfg, tiny_dataset, run)
+    plan = study.grids[0]
     steps = plan.program.num_steps(200)  # 13 steps of 16
     recorded = run.curvature()
     expected_steps = [0, 5, 10, 13, 18, 23, 26]

@@ -48,3 +48,12 @@ def test_summary_groups_by_every_axis_but_the_seed_and_skips_diverged_models():
     assert set(groups) == {("/1", 1e-3), ("/1", 1e-2), ("zscore", 1e-3), ("zscore", 1e-2)}
     assert groups[("/1", 1e-3)]["train_loss"] == {"mean": 2.0, "min": 0.0, "max": 4.0}  # models 0 and 4
     assert groups[("zscore", 1e-2)]["diverged"] == 1 and groups[("zscore", 1e-2)]["train_loss"]["max"] == 3.0
+
+
+def test_no_axis_name_is_also_a_measured_column():
+    from scalelab import measure
+    from scalelab.config import STATIC_AXES
+
+    names = {*STATIC_AXES.values(), "seed", "inputs", "lr"}
+    measured = set(schema.METRIC_FIELDS) | set(measure.curvature_columns((), 3, 2))
+    assert not names & measured
