@@ -60,8 +60,8 @@ def build_parser() -> cli.Parser:
 
 def sweep_config(args) -> RunConfig:
     """``CONFIG`` with the command line applied and the divisor axis in place of the inputs."""
-    if args.max_exponent < 0:
-        raise UsageError(f"--max-exponent {args.max_exponent} must be >= 0 (divisors from 1 to 10^E)")
+    if not math.isfinite(args.max_exponent) or args.max_exponent < 0:
+        raise UsageError(f"--max-exponent {args.max_exponent} must be a finite number >= 0 (divisors from 1 to 10^E)")
     if "inputs" in flags.given(args).get("grid", {}):
         raise UsageError("--inputs: this sweep's inputs are its divisors; set --divisors and --max-exponent")
     count = args.divisors or (QUICK_DIVISORS if args.quick else 11)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -19,6 +20,24 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise UsageError(f"{message} (see --help)")
+
+    def parse_known_args(self, args=None, namespace=None):
+        # ``--lr -1e-3``: argparse takes a value that starts with '-' for a flag (only plain negative
+        # numbers are exempt), so such a value is glued on (``--lr=-1e-3``) and its own check names it.
+        words = list(sys.argv[1:] if args is None else args)
+        glued, i = [], 0
+        while i < len(words):
+            word = words[i]
+            if word.startswith("--") and "=" not in word and i + 1 < len(words) and NEGATIVE.match(words[i + 1]):
+                glued.append(f"{word}={words[i + 1]}")
+                i += 2
+            else:
+                glued.append(word)
+                i += 1
+        return super().parse_known_args(glued, namespace)
+
+
+NEGATIVE = re.compile(r"^-(\d|\.\d|inf|nan)", re.IGNORECASE)
 
 
 def main_wrapper(prog: str, run: Callable[[Sequence[str] | None], int]) -> Callable:

@@ -80,6 +80,10 @@ class DataConfig:
     test_limit: int | None = option(None, "use the first N test examples", parse=cli.positive_int)
 
     def __post_init__(self):
+        if not isinstance(self.name, str):
+            raise UsageError(f"unknown dataset {self.name!r}: give its name as text, e.g. fashion_mnist or idx")
+        if not (self.data_dir is None or isinstance(self.data_dir, str)):
+            raise UsageError(f"--data-dir {self.data_dir!r}: give the folder as text")
         for flag, value in (("--train-limit", self.train_limit), ("--test-limit", self.test_limit)):
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise UsageError(f"{flag} {value!r} must be a whole number > 0")
@@ -94,6 +98,15 @@ class ModelConfig:
     def __post_init__(self):
         from scalelab.models import make_model
 
+        hidden = self.hidden
+        if not isinstance(hidden, tuple | list) or not all(
+            isinstance(w, int) and not isinstance(w, bool) for w in hidden
+        ):
+            raise UsageError(f"--hidden {hidden!r}: give the widths as whole numbers > 0, e.g. [128, 128] or 128,128")
+        object.__setattr__(self, "hidden", tuple(hidden))
+        for flag, value in (("--activation", self.activation), ("--init", self.init)):
+            if not isinstance(value, str):
+                raise UsageError(f"{flag} {value!r}: give a name, e.g. relu or glorot-uniform")
         make_model(self.hidden, 10, self.activation, self.init)  # names and widths checked once, here
 
 
@@ -109,6 +122,8 @@ class TrainConfig:
     def __post_init__(self):
         from scalelab.losses import get_loss
 
+        if not isinstance(self.loss, str):
+            raise UsageError(f"--loss {self.loss!r}: give a name: keras-ce, ce or mse")
         get_loss(self.loss)
         for flag, value, low in (("--epochs", self.epochs, 1), ("--batch-size", self.batch_size, 1),
                                  ("--patience", self.patience, 0)):  # fmt: skip
@@ -173,9 +188,11 @@ class GridConfig:
     def __post_init__(self):
         from scalelab.transforms import parse_transforms
 
+        if not isinstance(self.inputs, tuple | list) or not all(isinstance(name, str) for name in self.inputs):
+            raise UsageError(f'--inputs {self.inputs!r}: give a list of transform names, e.g. ["/1", "/255"]')
         object.__setattr__(self, "inputs", tuple(self.inputs))
         parse_transforms(",".join(self.inputs))  # every name valid, none repeated
-        if not isinstance(self.seeds, int) or self.seeds <= 0:
+        if not isinstance(self.seeds, int) or isinstance(self.seeds, bool) or self.seeds <= 0:
             raise UsageError(f"--seeds {self.seeds!r} must be a whole number > 0")
         if self.seed_list is not None:  # the seed axis; ``seeds`` counts it
             object.__setattr__(self, "seed_list", tuple(self.seed_list))
@@ -183,9 +200,19 @@ class GridConfig:
             object.__setattr__(self, "seeds", len(self.seed_list))
         object.__setattr__(self, "programs", normalize_programs(self.programs))
         if self.lrs is not None:
-            object.__setattr__(self, "lrs", tuple(float(lr) for lr in self.lrs))
-            if not self.lrs or not all(0 < lr < float("inf") for lr in self.lrs):
-                raise UsageError(f"--lr {self.lrs}: every value must be a finite number > 0")
+            self._check_lrs()
+
+    def _check_lrs(self) -> None:
+        lrs = self.lrs
+        numbers = isinstance(lrs, tuple | list) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in lrs
+        )
+        if not numbers or not lrs or not all(0 < v < float("inf") for v in lrs):
+            raise UsageError(f"--lr (grid.lrs) {lrs!r}: every value must be a finite number > 0, e.g. 1e-3,1e-2")
+        object.__setattr__(self, "lrs", tuple(float(v) for v in lrs))
+        repeated = sorted({v for v in self.lrs if self.lrs.count(v) > 1})  # type: ignore[union-attr]
+        if repeated:
+            raise UsageError(f"--lr lists {', '.join(map(str, repeated))} more than once; list each once")
 
     @property
     def seed_values(self) -> tuple[int, ...]:
@@ -221,6 +248,8 @@ class CurvatureConfig:
             raise UsageError("--trace-probes 1 gives no standard error; use 0 (no trace) or at least 2")
         if self.every < 0 or self.examples <= 0:
             raise UsageError("--curvature-every must be >= 0 and --curvature-examples > 0")
+        if not isinstance(self.enabled, bool):
+            raise UsageError(f"curvature.enabled {self.enabled!r} must be true or false")
 
 
 @dataclass(frozen=True)
@@ -233,6 +262,17 @@ class OutputConfig:
                                    parse=cli.positive_int, free=True)  # fmt: skip
     report: bool = option(True, "do not write figures and report.md/html at the end", flag="--no-report",
                           negate=True, free=True)  # fmt: skip
+
+    def __post_init__(self):
+        for name in ("save_params", "report"):
+            if not isinstance(getattr(self, name), bool):
+                raise UsageError(f"output.{name} {getattr(self, name)!r} must be true or false")
+        if (
+            not isinstance(self.checkpoint_every, int)
+            or isinstance(self.checkpoint_every, bool)
+            or self.checkpoint_every < 1
+        ):
+            raise UsageError(f"--checkpoint-every {self.checkpoint_every!r} must be a whole number > 0")
 
 
 @dataclass(frozen=True)
@@ -248,6 +288,12 @@ class EngineConfig:
         "(default: about 4 MiB of parameters and optimiser state; 0: all at once)",
         parse=cli.non_negative_int, free=True,
     )  # fmt: skip
+
+    def __post_init__(self):
+        for flag, value, low in (("--max-models-per-chunk", self.max_models_per_chunk, 1),
+                                 ("--models-per-block", self.models_per_block, 0)):  # fmt: skip
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+                raise UsageError(f"{flag} {value!r} must be a whole number >= {low}")
 
 
 # Flags of the optimiser's fields (its class lives in scalelab.optim, beside the update rules).
@@ -402,6 +448,8 @@ def read_config_file(path: Path, base: RunConfig | None = None) -> RunConfig:
         text = path.read_text()
     except OSError as err:
         raise UsageError(f"--config {path}: cannot read it ({err.strerror}); give a TOML or JSON file") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--config {path} is not text (not UTF-8); give a TOML or JSON file") from None
     try:
         raw = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:

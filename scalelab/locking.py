@@ -36,7 +36,8 @@ def describe_holder(text: str) -> str:
 
 
 class RunLock:
-    """``with RunLock(run_dir):`` holds the run directory's lock; raises ``RunDirLocked`` if taken."""
+    """``with RunLock(run_dir) as lock:`` holds the run directory's lock (``RunDirLocked`` if taken);
+    ``lock.announce()`` then names this process in the lock file."""
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / LOCK_NAME
@@ -53,12 +54,17 @@ class RunLock:
             raise RunDirLocked(
                 f"{self.path.parent} is being written by {holder}; wait for it to finish or stop it, then --resume"
             ) from None
-        file.seek(0)
-        file.truncate()
-        file.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}))
-        file.flush()
         self.file = file
         return self
+
+    def announce(self) -> None:
+        """Records this process as the holder: once the run's checks have passed, so that a refused
+        command leaves the lock file as it found it."""
+        assert self.file is not None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}))
+        self.file.flush()
 
     def __exit__(self, *exc) -> None:
         if self.file is not None:

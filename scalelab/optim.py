@@ -39,6 +39,18 @@ class OptimizerConfig:
     def __post_init__(self):
         if self.name not in DEFAULT_LR:
             raise UsageError(f"unknown optimizer {self.name!r}; choose one of {', '.join(OPTIMIZERS)}")
+        for name, low, high in (("b1", 0, 1), ("b2", 0, 1), ("momentum", 0, 1), ("rho", 0, 1)):
+            value = getattr(self, name)
+            if not _number(value) or not low <= value < high:
+                raise UsageError(f"--{name} {value!r} must be a number in [{low}, {high})")
+        if not _number(self.eps) or not 0 < self.eps < float("inf"):
+            raise UsageError(f"--eps {self.eps!r} must be a finite number > 0")
+        if not _number(self.weight_decay) or not 0 <= self.weight_decay < float("inf"):
+            raise UsageError(f"--weight-decay {self.weight_decay!r} must be a finite number >= 0")
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def optax_direction(config: OptimizerConfig) -> optax.GradientTransformation:

@@ -138,7 +138,12 @@ def run_grid(
 
 
 def train_plan(
-    plan: StudyPlan, run_dir: RunDir | None = None, *, resume: bool = False, on_epoch: OnEpoch | None = None
+    plan: StudyPlan,
+    run_dir: RunDir | None = None,
+    *,
+    resume: bool = False,
+    position: checkpointing.Progress | None = None,
+    on_epoch: OnEpoch | None = None,
 ) -> list[dict[str, Any]]:
     """Trains a planned study chunk by chunk (program by program); returns every metrics row,
     sorted by model and epoch.
@@ -146,10 +151,11 @@ def train_plan(
     With ``plan.config.curvature.enabled`` every model is also measured at init, every
     ``curvature.every`` steps and after each epoch (``curvature.csv``, ``spectrum.json``).
     ``on_epoch(done, total, rows)`` is called after every epoch of every chunk (``done`` of
-    ``total`` chunk-epochs, counting those of a resumed run's earlier processes).
+    ``total`` chunk-epochs, counting those of a resumed run's earlier processes). ``position``: the
+    resumed run's checkpoint, when the caller has read it already.
     """
-    progress = checkpointing.START
-    if resume and run_dir is not None:
+    progress = position or checkpointing.START
+    if resume and run_dir is not None and position is None:
         checkpointing.check_resumable(run_dir, plan.config)
         progress = checkpointing.restore(run_dir)
     loop = GridLoop(plan, run_dir, on_epoch, progress.chunks)

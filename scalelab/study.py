@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scalelab.checkpointing import check_resumable, record_extension
+from scalelab.checkpointing import START, check_resumable, record_extension, restore
 from scalelab.config import RunConfig
 from scalelab.errors import ScalelabError
 from scalelab.locking import RunLock
@@ -151,14 +151,18 @@ def run(
     plan = runner.plan_study(config, dataset)  # every remaining check, before a run directory exists
     target = Path(out) if out is not None else default_out(name)
     run_dir = RunDir.open(target) if resume else RunDir.create(target, config)
-    with writer_lock(run_dir):
-        if resume:
+    with writer_lock(run_dir) as lock:
+        position = START
+        if resume:  # every check, and reading the checkpoint, before anything is written
             check_resumable(run_dir, config)
+            position = restore(run_dir)
             if config.train.epochs > run_dir.config().train.epochs:  # --resume RUN --epochs N: train on
                 record_extension(run_dir, config)
+        if lock is not None:
+            lock.announce()
         print(f"{name}: {describe(config)} -> {run_dir.path}", file=sys.stderr)
         with EpochProgress(enabled=progress) as bar:
-            rows = runner.train_plan(plan, run_dir, resume=resume, on_epoch=bar)
+            rows = runner.train_plan(plan, run_dir, resume=resume, position=position, on_epoch=bar)
         run_dir.write_summary(summarize(rows, plan.axes))
         run_dir.write_status("complete", epochs=config.train.epochs)
         if config.output.report:
@@ -168,7 +172,7 @@ def run(
     return Run(run_dir.path)
 
 
-def writer_lock(run_dir: RunDir) -> AbstractContextManager:
+def writer_lock(run_dir: RunDir) -> AbstractContextManager[RunLock | None]:
     """The run directory's lock (``locking.RunLock``) in process 0; the other hosts write nothing."""
     import jax
 

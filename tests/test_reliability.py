@@ -139,7 +139,8 @@ def test_a_second_writer_is_refused_naming_the_holder_and_changes_nothing(idx_fo
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from scalelab.locking import RunLock\n"
-         "with RunLock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)", str(run)],
+         "with RunLock(sys.argv[1]) as lock:\n    lock.announce(); print('held', flush=True); time.sleep(60)",
+         str(run)],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -157,8 +158,9 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(idx_folder, tmp_path, capsy
     run = tmp_path / "run"
     assert run_cli([*SHORT, "--data-dir", idx_folder, "--out", run], capsys)[0] == 0
     # A holder killed with SIGKILL leaves its lock file behind; the kernel has dropped its flock.
-    subprocess.run([sys.executable, "-c", "import os, sys; from scalelab.locking import RunLock\n"
-                    "RunLock(sys.argv[1]).__enter__(); os.kill(os.getpid(), 9)", str(run)], cwd=ROOT)  # fmt: skip
+    code = "import os, sys; from scalelab.locking import RunLock\n"
+    code += "RunLock(sys.argv[1]).__enter__().announce(); os.kill(os.getpid(), 9)"
+    subprocess.run([sys.executable, "-c", code, str(run)], cwd=ROOT)
     assert json.loads((run / ".lock").read_text())["pid"] > 0
     code, _ = run_cli(["--resume", run, "--epochs", 3, "--no-progress"], capsys)
     assert code == 0 and json.loads((run / ".lock").read_text())["pid"] == os.getpid()
