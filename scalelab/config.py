@@ -131,6 +131,10 @@ class TrainConfig:
                 raise UsageError(f"{flag} {value!r} must be a whole number >= {low}")
 
 
+def _positive(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < float("inf")
+
+
 def check_seed_list(seeds: tuple[int, ...]) -> None:
     if not seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
         raise UsageError(f"--seed-list {seeds}: give seeds >= 0, e.g. 3,7,11 or 0-7")
@@ -179,6 +183,14 @@ class GridConfig:
         None, flag="--lr", parse=cli.float_list,
         help="learning rate(s), comma-separated: a grid axis (default: adam/adamw/rmsprop 1e-3, sgd/momentum 1e-2)",
     )  # fmt: skip
+    init_scales: tuple[float, ...] = option(
+        (1.0,), flag="--init-scale", parse=cli.float_list,
+        help="multipliers of the initial weights, comma-separated: a numeric axis (vmapped); with zero biases, "
+        "c on the first layer gives at init exactly the pre-activations of inputs x c",
+    )  # fmt: skip
+    init_scale_layers: str = option(
+        "first", "the kernels --init-scale multiplies: first (the first layer's, the input scale's partner) or all"
+    )
     programs: tuple[Program, ...] = option(
         (), cli=False,
         help="static axes: the combinations of static fields the study trains, one compiled program each "
@@ -201,6 +213,14 @@ class GridConfig:
         object.__setattr__(self, "programs", normalize_programs(self.programs))
         if self.lrs is not None:
             self._check_lrs()
+        scales = self.init_scales
+        if not isinstance(scales, tuple | list) or not scales or not all(_positive(c) for c in scales):
+            raise UsageError(f"--init-scale {scales!r}: every value must be a finite number > 0, e.g. 0.5,1,2")
+        object.__setattr__(self, "init_scales", tuple(float(c) for c in scales))
+        if len(set(self.init_scales)) < len(self.init_scales):
+            raise UsageError("--init-scale lists a value more than once; list each once")
+        if self.init_scale_layers not in ("first", "all"):
+            raise UsageError(f"--init-scale-layers {self.init_scale_layers!r}: choose first or all")
 
     def _check_lrs(self) -> None:
         lrs = self.lrs
@@ -351,7 +371,7 @@ class RunConfig:
 
     @property
     def num_models(self) -> int:
-        return sum(c.grid.seeds * len(c.grid.inputs) * len(c.lrs) for _, c in self.programs())
+        return sum(c.grid.seeds * len(c.grid.inputs) * len(c.lrs) * len(c.grid.init_scales) for _, c in self.programs())
 
     def to_dict(self) -> dict[str, Any]:
         raw = {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}

@@ -87,6 +87,21 @@ def init_grid(program: Program, init_keys: jax.Array, num_variants: int, input_d
     return jax.vmap(one_seed)(init_keys)
 
 
+def scale_initial_kernels(states, scales: np.ndarray, first_only: bool):
+    """Initial states (S, V, ...) with variant v's kernels times ``scales[v]`` (the first layer's,
+    or every layer's); biases start at zero and optimiser moments at zero, so nothing else changes.
+    """
+
+    def scaled(path, x):
+        names = [getattr(k, "key", getattr(k, "name", "")) for k in path]
+        is_kernel = names[-1:] == ["kernel"] and "params" in names
+        if not is_kernel or (first_only and "Dense_0" not in names):
+            return x
+        return np.asarray(x) * scales.reshape(1, -1, *([1] * (np.ndim(x) - 2))).astype(np.asarray(x).dtype)
+
+    return states._replace(params=jax.tree_util.tree_map_with_path(scaled, states.params))
+
+
 def epoch_order(program: Program, order_key: jax.Array, epoch, num_train: int) -> jax.Array:
     """The epoch's minibatch indices, (steps, B): a fresh shuffle per (seed, epoch).
 

@@ -48,6 +48,12 @@ class GridPlan:
         return len(self.hypers.lr)
 
     @property
+    def init_scales(self) -> np.ndarray:
+        """Each variant's multiplier of its initial kernels (V,)."""
+        per_setting = len(self.config.grid.inputs) * len(self.config.lrs)
+        return np.tile(np.asarray(self.config.grid.init_scales, np.float32), per_setting)
+
+    @property
     def steps_per_epoch(self) -> int:
         return self.program.num_steps(self.data.train_x.shape[0])
 
@@ -75,13 +81,13 @@ def prepare_arrays(dataset, config: RunConfig):
 
 
 def variant_hypers(config: RunConfig, train_x: np.ndarray, fitted: dict[str, AffineConstants] | None = None) -> Hypers:
-    """The vmapped constants of every variant (transform x lr, lr fastest), leading axis V.
+    """The vmapped constants of every variant (transform x lr x init scale, the last fastest), axis V.
 
     ``fitted``: transforms already fitted to ``train_x`` by name (a study's programs share them).
     """
     fitted = fitted or {}
     constants = [fitted.get(name) or fit_affine(parse_transform(name), train_x) for name in config.grid.inputs]
-    per_variant = [(c, lr) for c in constants for lr in config.lrs]
+    per_variant = [(c, lr) for c in constants for lr in config.lrs for _ in config.grid.init_scales]
     return Hypers(
         shift=np.stack([c.shift for c, _ in per_variant]),  # type: ignore[arg-type]
         scale=np.stack([c.scale for c, _ in per_variant]),  # type: ignore[arg-type]

@@ -196,6 +196,9 @@ class GridLoop:
         state = sharding.to_host(self.fns.init(plan.program, init_keys, num_variants, plan.data.train_x.shape[1]))
         if leaves is not None:
             state = jax.tree.unflatten(jax.tree.structure(state), leaves)
+        elif plan.config.grid.init_scales != (1.0,):
+            first = plan.config.grid.init_scale_layers == "first"
+            state = grid_lib.scale_initial_kernels(state, plan.init_scales[variant_slice], first_only=first)
         # The chunk's models are spread over the devices (a (1, 1) mesh on one device), and
         # each device trains its own models (``grid.train_steps`` under ``shard_map``).
         layout, mesh = sharding.grid_placement(len(seeds), num_variants)

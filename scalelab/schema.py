@@ -56,17 +56,25 @@ def static_axes(config: RunConfig) -> tuple[Axis, ...]:
 
 
 def grid_axes(config: RunConfig) -> tuple[Axis, ...]:
-    """The axes of ``config``'s study: its static axes, then seed, inputs and lr."""
+    """The axes of ``config``'s study: its static axes, then seed, inputs, lr and, when it has more
+    than the default 1, the init scale."""
     return (
         *static_axes(config),
         Axis(SEED, config.grid.seed_values, int),
         Axis("inputs", config.grid.inputs, str),
         Axis("lr", tuple(float(lr) for lr in config.lrs), float),
+        *init_scale_axis(config),
     )
 
 
+def init_scale_axis(config: RunConfig) -> tuple[Axis, ...]:
+    # Absent at the default (1,): the tables of a run that never scaled its init stay as they were.
+    scales = config.grid.init_scales
+    return () if scales == (1.0,) else (Axis("init_scale", scales, float),)
+
+
 def study_models(config: RunConfig) -> list[ModelId]:
-    """Every model of the study: program by program, then seed, inputs and lr (lr fastest).
+    """Every model of the study: program by program, then seed, inputs, lr (and init scale, fastest).
 
     Within a program this is the engine's flat order ``s * V + v``. Programs may differ in their
     learning rates (each optimiser's default), so a study need not be the full product of its axes.
@@ -74,9 +82,9 @@ def study_models(config: RunConfig) -> list[ModelId]:
     models: list[ModelId] = []
     for program, single in config.programs():
         static = tuple((STATIC_AXES[name], axis_value(name, value)) for name, value in program)
-        for values in itertools.product(single.grid.seed_values, single.grid.inputs, single.lrs):
-            coords = static + tuple(zip((SEED, "inputs", "lr"), (values[0], values[1], float(values[2])), strict=True))
-            models.append(ModelId(len(models), coords))
+        names = [a.name for a in grid_axes(single)]
+        for values in itertools.product(*(a.values for a in grid_axes(single))):
+            models.append(ModelId(len(models), static + tuple(zip(names, values, strict=True))))
     return models
 
 
