@@ -1,5 +1,5 @@
 """What every experiment shares: its command line (generated from the config classes), its
-output folder, and the end of a multi-run study (summary, table, reports).
+output folder, and its ending (its own analysis beside the study, a table, where things are).
 
 An experiment is a small named config (or a few) plus its own analysis. Its command line is
 every ``RunConfig`` field as a flag (``scalelab.flags``) applied on top of the experiment's own
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -43,33 +42,22 @@ def resolve(args, base: RunConfig, quick: flags.Overrides) -> RunConfig:
     return flags.apply(base, flags.merge(*layers, flags.given(args)))
 
 
-def output_folder(args, prog: str, subdirs: Iterable[str]) -> Path:
-    """``--out`` (or a timestamped default), refused if it already holds any of this experiment's runs."""
+def output_folder(args, prog: str) -> Path:
+    """``--out`` (or a timestamped default), refused (before anything is trained) if it holds a run."""
     out = args.out or Path("runs") / f"{prog}-{time.strftime('%Y%m%d-%H%M%S')}"
-    taken = [name for name in ("summary.json", *(f"{s}/config.json" for s in subdirs)) if (out / name).exists()]
+    taken = [name for name in ("config.json", "summary.json") if (out / name).exists()]
     if taken:
         raise UsageError(f"{out} already holds {taken[0]}; choose another --out")
     return out
 
 
-def write_report(run_dir: Path) -> None:
-    """Figures and report.md/html of a finished run (``python -m analysis.report`` does the same)."""
-    from analysis import report
-
-    report.write_report(run_dir)
-
-
-def finish_study(out: Path, summary: dict[str, Any], table: str, subruns: Iterable[str], reports: bool) -> None:
-    """Writes ``out/summary.json``, prints the table and where everything is, then each finished
-    sub-run's report (figures, report.md/html) with ``reports``."""
-    subruns = list(subruns)
-    write_json(out / "summary.json", summary)
-    if reports:
-        for name in subruns:
-            write_report(out / name)
+def finish(prog: str, result, comparison: dict[str, Any], table: str) -> None:
+    """Writes the experiment's own analysis beside the study (``comparison.json``), prints its table
+    and where everything is."""
+    write_json(result.path / "comparison.json", {"experiment": prog, **comparison})
     print(table)
-    inside = "summary.json; report.html in each of " if reports else "summary.json; sub-runs "
-    print(f"\noutput: {out} ({inside}{', '.join(subruns)})")
+    inside = "report.html, comparison.json" if result.config.output.report else "comparison.json"
+    print(f"\nrun directory: {result.path} ({inside})")
 
 
 def stat(values) -> dict[str, float] | None:

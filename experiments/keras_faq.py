@@ -12,17 +12,16 @@ The question (Fashion-MNIST, Keras, MLP 784-128-128-10, batch 32, the test set a
 * ``sigmoid-sgd-mse``: sigmoid, SGD (lr 1e-2), ``mean_squared_error``, 50 epochs. Reported: about
   85% "after 50 epochs".
 
-Each setting is a named ``RunConfig`` (``SETTINGS``), trained by ``scalelab.study.run`` (the
-inputs ``/1,/255`` and the seeds are its grid axes) into ``OUT/<setting>``; ``OUT/summary.json``
-and the printed table compare the final test accuracy (mean [min, max] over seeds) and the
-epochs trained per setting and inputs. Every config flag (``--seeds``, ``--train-limit``, ...)
-applies to both settings. The report (figures, report.md/html) of each sub-run is written once
-both have finished and ``OUT/summary.json`` is on disk, unless ``--no-report``.
+The two recipes are two *bundles* of static fields (``SETTINGS``): one study (``CONFIG``) whose
+``grid.programs`` lists them, with the inputs ``/1,/255`` and the seeds as its numeric axes, trained
+by ``scalelab.study.run`` into one run directory ``OUT``: one metrics.csv, curvature.csv and report
+over both. ``OUT/comparison.json`` and the printed table compare the final test accuracy (mean [min,
+max] over seeds) and the epochs trained per setting and inputs. Every config flag but the bundles'
+own fields (``--seeds``, ``--train-limit``, ...) applies to both.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -30,61 +29,64 @@ from typing import Any
 from experiments import common
 from scalelab import cli, flags, study
 from scalelab.config import GridConfig, ModelConfig, RunConfig, TrainConfig
-from scalelab.optim import OptimizerConfig
 
 PROG = "keras_faq"
 
 
 @dataclass(frozen=True)
 class Setting:
-    config: RunConfig
+    program: dict[str, Any]  # the bundle: static fields (grid.programs' layout)
     quick_epochs: int
     reported: str  # what the question reports for it
 
 
-def _question(activation: str, optimizer: str, loss: str, epochs: int, patience: int = 0) -> RunConfig:
-    """The question's network (784-128-128-10, batch 32, inputs /1 and /255) with one training recipe."""
-    return RunConfig(
-        model=ModelConfig(hidden=(128, 128), activation=activation),
-        optimizer=OptimizerConfig(name=optimizer),
-        train=TrainConfig(loss=loss, epochs=epochs, batch_size=32, patience=patience),
-        grid=GridConfig(inputs=("/1", "/255"), seeds=3),
-    )
-
-
 SETTINGS = {
     "relu-adam-keras-ce": Setting(
-        _question("relu", "adam", "keras-ce", epochs=20, patience=3), quick_epochs=4,
-        reported="~20% validation accuracy (raw pixels)",
+        {"model.activation": "relu", "optimizer.name": "adam", "train.loss": "keras-ce", "train.epochs": 20,
+         "train.patience": 3},
+        quick_epochs=4, reported="~20% validation accuracy (raw pixels)",
     ),
     "sigmoid-sgd-mse": Setting(
-        _question("sigmoid", "sgd", "mse", epochs=50), quick_epochs=6, reported="~85% after 50 epochs (raw pixels)",
+        {"model.activation": "sigmoid", "optimizer.name": "sgd", "train.loss": "mse", "train.epochs": 50,
+         "train.patience": 0},
+        quick_epochs=6, reported="~85% after 50 epochs (raw pixels)",
     ),
 }  # fmt: skip
-QUICK: flags.Overrides = {"grid": {"seeds": 2}, "data": {"train_limit": 2048, "test_limit": 1000}}
 
 
-def setting_configs(args) -> dict[str, RunConfig]:
-    """Each setting's config with the command line applied; its own --quick epochs under --quick."""
-    configs = {}
-    for name, setting in SETTINGS.items():
-        quick = flags.merge(QUICK, {"train": {"epochs": setting.quick_epochs}})
-        configs[name] = common.resolve(args, setting.config, quick)
-    return configs
+def programs(quick: bool) -> tuple[dict[str, Any], ...]:
+    return tuple({**s.program, "train.epochs": s.quick_epochs} if quick else s.program for s in SETTINGS.values())
 
 
-def compare(summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+# The question's network (784-128-128-10, batch 32) on raw pixels and /255, with both recipes.
+CONFIG = RunConfig(
+    model=ModelConfig(hidden=(128, 128)),
+    train=TrainConfig(batch_size=32),
+    grid=GridConfig(inputs=("/1", "/255"), seeds=3, programs=programs(quick=False)),
+)
+QUICK: flags.Overrides = {
+    "grid": {"seeds": 2, "programs": programs(quick=True)},
+    "data": {"train_limit": 2048, "test_limit": 1000},
+}
+
+
+def setting_of(row: dict[str, Any]) -> str:
+    """The name in SETTINGS of a table row's bundle (by its activation, optimiser and loss)."""
+    return f"{row['activation']}-{row['optimizer']}-{row['loss_name']}"
+
+
+def compare(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per (setting, inputs): final test accuracy/loss and epochs trained over seeds."""
     rows = []
-    for setting, summary in summaries.items():
-        for group in summary["groups"]:
-            models = [m for m in summary["models"] if m["inputs"] == group["inputs"]]
-            rows.append({
-                "setting": setting, "inputs": group["inputs"], "models": group["models"],
-                "test_acc": group["test_acc"], "test_loss": group["test_loss"], "train_loss": group["train_loss"],
-                "epochs_trained": common.stat([m["epoch"] for m in models]), "stopped": group["stopped"],
-                "diverged": group["diverged"], "question_reported": SETTINGS[setting].reported,
-            })  # fmt: skip
+    for group in summary["groups"]:
+        setting = setting_of(group)
+        models = [m for m in summary["models"] if setting_of(m) == setting and m["inputs"] == group["inputs"]]
+        rows.append({
+            "setting": setting, "inputs": group["inputs"], "models": group["models"],
+            "test_acc": group["test_acc"], "test_loss": group["test_loss"], "train_loss": group["train_loss"],
+            "epochs_trained": common.stat([m["epoch"] for m in models]), "stopped": group["stopped"],
+            "diverged": group["diverged"], "question_reported": SETTINGS[setting].reported,
+        })  # fmt: skip
     return rows
 
 
@@ -102,19 +104,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run(argv) -> int:
-    args = common.build_parser(PROG, __doc__, QUICK, out_help="folder for the sub-runs and summary.json "
+    args = common.build_parser(PROG, __doc__, QUICK, out_help="the study's run directory "
                                "(default runs/keras_faq-TIMESTAMP)").parse_args(argv)  # fmt: skip
-    configs = setting_configs(args)
-    out = common.output_folder(args, PROG, SETTINGS)
-    summaries = {}
-    for name, config in configs.items():
-        quiet = dataclasses.replace(config, output=dataclasses.replace(config.output, report=False))
-        summaries[name] = study.run(quiet, out / name, progress=not args.no_progress, name=f"{PROG}/{name}").summary()
-    rows = compare(summaries)
-    summary = {"experiment": PROG, "configs": {k: c.to_dict() for k, c in configs.items()},
-               "reported": {k: s.reported for k, s in SETTINGS.items()}, "by_setting_and_inputs": rows}  # fmt: skip
-    reports = all(c.output.report for c in configs.values())
-    common.finish_study(out, summary, format_table(rows), SETTINGS, reports)
+    config = common.resolve(args, CONFIG, QUICK)
+    result = study.run(config, common.output_folder(args, PROG), progress=not args.no_progress, name=PROG)
+    rows = compare(result.summary())
+    reported = {k: s.reported for k, s in SETTINGS.items()}
+    common.finish(PROG, result, {"reported": reported, "by_setting_and_inputs": rows}, format_table(rows))
     return 0
 
 

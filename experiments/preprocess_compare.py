@@ -7,19 +7,19 @@ The answer (quoting the Neural Network FAQ) says that "scaling the inputs to [-1
 than [0,1]", that any scaling which centres the inputs (mean, median) is "likely to be as good",
 and that robust estimators of location and scale (Iglewicz 1983) are better still with outliers.
 Here: ``/255`` ([0, 1]) against ``[-1,1]``, ``zscore``, ``pixel-zscore`` and ``robust``, with the
-same seeds (so the same initial weights and minibatch order per seed), once for Adam and once for
-SGD: two ``scalelab.study.run`` runs of ``CONFIGS``, into ``OUT/adam`` and ``OUT/sgd``. The model
-and training are the defaults (MLP 784-128-10 relu, Keras' clipped cross-entropy, batch 32, the
-optimiser's default lr) unless config flags say otherwise; they apply to both runs.
+same seeds (so the same initial weights and minibatch order per seed), for Adam and for SGD: one
+study (``CONFIG``) whose optimiser is a static axis, trained by ``scalelab.study.run`` into one run
+directory ``OUT`` with one report. The model and training are the defaults (MLP 784-128-10 relu,
+Keras' clipped cross-entropy, batch 32, each optimiser's default lr) unless config flags say
+otherwise.
 
-``OUT/summary.json`` and the printed table give, per optimiser and transform, the final test loss
+``OUT/comparison.json`` and the printed table give, per optimiser and transform, the final test loss
 and accuracy (mean [min, max] over seeds) and the per-seed difference to ``/255`` (transform minus
 ``/255``, paired by seed, so a positive accuracy difference means the transform did better).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from typing import Any
 
@@ -27,17 +27,15 @@ from experiments import common
 from scalelab import cli, flags, study
 from scalelab.config import GridConfig, RunConfig, TrainConfig
 from scalelab.errors import UsageError
-from scalelab.optim import OptimizerConfig
 
 PROG = "preprocess_compare"
 BASELINE = "/255"
 TRANSFORMS = (BASELINE, "[-1,1]", "zscore", "pixel-zscore", "robust")
-CONFIGS = {
-    name: RunConfig(
-        optimizer=OptimizerConfig(name=name), train=TrainConfig(epochs=5), grid=GridConfig(inputs=TRANSFORMS, seeds=3)
-    )  # fmt: skip
-    for name in ("adam", "sgd")
-}
+OPTIMIZERS = ("adam", "sgd")
+CONFIG = RunConfig(
+    train=TrainConfig(epochs=5),
+    grid=GridConfig(inputs=TRANSFORMS, seeds=3, programs=tuple({"optimizer.name": name} for name in OPTIMIZERS)),
+)
 QUICK: flags.Overrides = {
     "grid": {"seeds": 2},
     "data": {"train_limit": 2048, "test_limit": 1000},
@@ -45,14 +43,14 @@ QUICK: flags.Overrides = {
 }
 
 
-def optimizer_configs(args) -> dict[str, RunConfig]:
-    """Both configs with the command line applied; the transforms and optimisers are the experiment's."""
+def study_config(args) -> RunConfig:
+    """``CONFIG`` with the command line applied; the transforms and optimisers are the experiment's."""
     given = flags.given(args)
     fixed = [flag for section, name, flag in (("grid", "inputs", "--inputs"), ("optimizer", "name", "--optimizer"))
-             if name in given.get(section, {})]  # fmt: skip
+             if name in given.get(section, {}) or (name == "name" and "programs" in given.get("grid", {}))]  # fmt: skip
     if fixed:
         raise UsageError(f"{PROG} compares {', '.join(TRANSFORMS)} under adam and sgd; drop {', '.join(fixed)}")
-    return {name: common.resolve(args, config, QUICK) for name, config in CONFIGS.items()}
+    return common.resolve(args, CONFIG, QUICK)
 
 
 def paired_differences(models: list[dict[str, Any]], transform: str, field: str) -> list[float]:
@@ -65,14 +63,15 @@ def paired_differences(models: list[dict[str, Any]], transform: str, field: str)
     ]
 
 
-def compare(summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def compare(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per (optimizer, transform): final test loss/accuracy and the paired gap to /255."""
     rows = []
-    for optimizer, summary in summaries.items():
-        groups = {g["inputs"]: g for g in summary["groups"]}
+    for optimizer in OPTIMIZERS:
+        groups = {g["inputs"]: g for g in summary["groups"] if g["optimizer"] == optimizer}
+        models = [m for m in summary["models"] if m["optimizer"] == optimizer]
         for transform in TRANSFORMS:
-            acc_gap = paired_differences(summary["models"], transform, "test_acc")
-            loss_gap = paired_differences(summary["models"], transform, "test_loss")
+            acc_gap = paired_differences(models, transform, "test_acc")
+            loss_gap = paired_differences(models, transform, "test_loss")
             rows.append({
                 "optimizer": optimizer, "inputs": transform, "models": groups[transform]["models"],
                 "diverged": groups[transform]["diverged"], "test_loss": groups[transform]["test_loss"],
@@ -98,19 +97,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run(argv) -> int:
-    args = common.build_parser(PROG, __doc__, QUICK, out_help="folder for the sub-runs and summary.json "
+    args = common.build_parser(PROG, __doc__, QUICK, out_help="the study's run directory "
                                "(default runs/preprocess_compare-TIMESTAMP)").parse_args(argv)  # fmt: skip
-    configs = optimizer_configs(args)
-    out = common.output_folder(args, PROG, configs)
-    summaries = {}
-    for name, config in configs.items():
-        quiet = dataclasses.replace(config, output=dataclasses.replace(config.output, report=False))
-        summaries[name] = study.run(quiet, out / name, progress=not args.no_progress, name=f"{PROG}/{name}").summary()
-    rows = compare(summaries)
-    summary = {"experiment": PROG, "baseline": BASELINE, "transforms": list(TRANSFORMS),
-               "configs": {k: c.to_dict() for k, c in configs.items()}, "rows": rows}  # fmt: skip
-    reports = all(c.output.report for c in configs.values())
-    common.finish_study(out, summary, format_table(rows), configs, reports)
+    config = study_config(args)
+    result = study.run(config, common.output_folder(args, PROG), progress=not args.no_progress, name=PROG)
+    rows = compare(result.summary())
+    comparison = {"baseline": BASELINE, "transforms": list(TRANSFORMS), "optimizers": list(OPTIMIZERS), "rows": rows}
+    common.finish(PROG, result, comparison, format_table(rows))
     return 0
 
 

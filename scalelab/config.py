@@ -60,6 +60,7 @@ def _input_names(text: str) -> tuple[str, ...]:
 STATIC_AXES = {
     "model.hidden": "hidden", "model.activation": "activation", "model.init": "init",
     "train.loss": "loss_name", "train.batch_size": "batch_size", "optimizer.name": "optimizer",
+    "train.epochs": "epochs", "train.patience": "patience",
 }  # fmt: skip
 Program = tuple[tuple[str, Any], ...]  # (("model.activation", "relu"), ("optimizer.name", "adam")): one program
 

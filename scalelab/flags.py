@@ -133,15 +133,16 @@ def merge(*layers: Mapping[str, Mapping[str, Any]]) -> Overrides:
 def apply(base: RunConfig, overrides: Mapping[str, Mapping[str, Any]]) -> RunConfig:
     """``base`` with ``overrides``; curvature flags switch curvature on where the base has it off.
 
-    A single value for a field that is a static axis of ``base`` is refused: it would be
-    overridden by every program (give the list again, or one value as the whole axis).
+    A single value for a field that is a static axis of ``base`` applies to every program: the
+    field leaves ``grid.programs`` (``--epochs 1`` on a study whose bundles have their own epochs).
     """
     overrides = merge(overrides)
     if "programs" not in overrides.get("grid", {}):
         varied = {name for program in base.grid.programs for name, _ in program}
-        clash = sorted(f"{s}.{f}" for s, fields in overrides.items() for f in fields if f"{s}.{f}" in varied)
-        if clash:
-            raise UsageError(f"{clash[0]} is a static axis of this study; give its whole list (e.g. a,b) instead")
+        single = {f"{s}.{f}" for s, fields in overrides.items() for f in fields} & varied
+        if single:  # one value for all: the field leaves the programs, and those it told apart merge
+            programs = tuple(dict.fromkeys(tuple((k, v) for k, v in p if k not in single) for p in base.grid.programs))
+            overrides.setdefault("grid", {})["programs"] = programs if any(programs) else ()
     curvature = overrides.get("curvature", {})
     if curvature and "enabled" not in curvature and not base.curvature.enabled:
         curvature["enabled"] = True
@@ -154,7 +155,10 @@ def describe(overrides: Mapping[str, Mapping[str, Any]]) -> str:
     parts = []
     for section, values in overrides.items():
         for name, value in values.items():
-            flag = by_dest[f"{section}.{name}"]
+            flag = by_dest.get(f"{section}.{name}")
+            if flag is None:  # a field without a flag of its own (grid.programs)
+                parts.append(f"{section}.{name} ({len(value)} entries)" if isinstance(value, tuple) else name)
+                continue
             text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
             parts.append(flag.flag if flag.negate else f"{flag.flag} {text}")
     return ", ".join(parts)

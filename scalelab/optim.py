@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import jax
+import numpy as np
 import optax
 
 from scalelab.errors import UsageError
@@ -41,16 +43,22 @@ class OptimizerConfig:
             raise UsageError(f"unknown optimizer {self.name!r}; choose one of {', '.join(OPTIMIZERS)}")
         for name, low, high in (("b1", 0, 1), ("b2", 0, 1), ("momentum", 0, 1), ("rho", 0, 1)):
             value = getattr(self, name)
-            if not _number(value) or not low <= value < high:
+            if not _traced(value) and (not _number(value) or not low <= value < high):
                 raise UsageError(f"--{name} {value!r} must be a number in [{low}, {high})")
-        if not _number(self.eps) or not 0 < self.eps < float("inf"):
+        if not _traced(self.eps) and (not _number(self.eps) or not 0 < self.eps < float("inf")):
             raise UsageError(f"--eps {self.eps!r} must be a finite number > 0")
-        if not _number(self.weight_decay) or not 0 <= self.weight_decay < float("inf"):
-            raise UsageError(f"--weight-decay {self.weight_decay!r} must be a finite number >= 0")
+        wd = self.weight_decay
+        if not _traced(wd) and (not _number(wd) or not 0 <= wd < float("inf")):
+            raise UsageError(f"--weight-decay {wd!r} must be a finite number >= 0")
 
 
 def _number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+
+
+def _traced(value) -> bool:
+    # A JAX value (a tracer, when an experiment vmaps over eps): the boundary's checks do not apply.
+    return isinstance(value, jax.Array)
 
 
 def optax_direction(config: OptimizerConfig) -> optax.GradientTransformation:

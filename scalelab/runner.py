@@ -163,7 +163,7 @@ def train_plan(
     with StopRequested() as loop.stop:
         for c in range(len(loop.chunks)):
             first_epoch, leaves = checkpointing.chunk_start(run_dir, progress, c)
-            if first_epoch < plan.config.train.epochs:
+            if first_epoch < loop.epochs(c):
                 loop.train_chunk(c, first_epoch, leaves)
     return sorted(loop.rows, key=lambda r: (r["model"], r["epoch"]))
 
@@ -185,6 +185,15 @@ class GridLoop:
         self.rows: list[dict[str, Any]] = []
         self.curvature_rows: list[dict[str, Any]] = []
         self.stop = StopRequested()
+
+    def epochs(self, c: int) -> int:
+        """Chunk ``c``'s epochs: its program's (epochs may be a static axis)."""
+        return self.plan.grids[self.chunks[c][0]].config.train.epochs
+
+    def progress(self, c: int, epoch: int) -> tuple[int, int]:
+        """(chunk-epochs done after ``epoch`` of chunk ``c``, all of the run's chunk-epochs)."""
+        before = sum(self.epochs(b) for b in range(c))
+        return before + epoch + 1, sum(self.epochs(b) for b in range(len(self.chunks)))
 
     def place_chunk(self, c: int, leaves: list[np.ndarray] | None):
         """The chunk's initial (or restored) state, spread over its devices: (chunk, state, data)."""
@@ -218,7 +227,7 @@ class GridLoop:
                 self.curvature_rows.extend(recorder.measure(chunk, state, 0, 0.0))
                 recorder.record_density(chunk, state)
             recording.save_params(self.params_dir, chunk.plan, chunk, state, 0)
-        for epoch in range(first_epoch, self.plan.config.train.epochs):
+        for epoch in range(first_epoch, self.epochs(c)):
             state = self.train_epoch(chunk, recorder, state, data, epoch)
             self.after_epoch(chunk, state, epoch)
 
@@ -252,7 +261,8 @@ class GridLoop:
 
     def after_epoch(self, chunk: ChunkRun, state, epoch: int) -> None:
         """Params, the checkpoint when due, the progress callback, and a requested stop."""
-        c, epochs = chunk.index, self.plan.config.train.epochs
+        c = chunk.index
+        epochs = self.epochs(c)
         recording.save_params(self.params_dir, chunk.plan, chunk, state, epoch + 1)
         done = (c, epoch + 1) if epoch + 1 < epochs else (c + 1, 0)
         due = (epoch + 1) % self.plan.config.output.checkpoint_every == 0 or done[1] == 0 or self.stop.requested
@@ -262,7 +272,7 @@ class GridLoop:
                 self.writer.save_chunk_state(c, [np.asarray(x) for x in jax.tree.leaves(host)], epochs)
             checkpointing.checkpoint(self.writer, self.plan, host, done, self.chunks, self.rows, self.curvature_rows)
         if self.on_epoch is not None:
-            self.on_epoch(c * epochs + epoch + 1, len(self.chunks) * epochs, self.rows)
+            self.on_epoch(*self.progress(c, epoch), self.rows)
         if self.stop.requested and done != (len(self.chunks), 0):
             if self.run_dir is not None:
                 self.run_dir.write_status("interrupted", chunk=done[0], epoch=done[1])

@@ -43,6 +43,9 @@ def axis_value(field: str, value: Any) -> Any:
     return "-".join(map(str, value)) if field == "model.hidden" else value
 
 
+INT_FIELDS = ("train.batch_size", "train.epochs", "train.patience")
+
+
 def static_axes(config: RunConfig) -> tuple[Axis, ...]:
     """One axis per static field the study's programs vary (``grid.programs``), in their order."""
     if not config.grid.programs:
@@ -51,7 +54,7 @@ def static_axes(config: RunConfig) -> tuple[Axis, ...]:
     axes = []
     for name in fields:
         values = tuple(dict.fromkeys(axis_value(name, dict(p)[name]) for p in config.grid.programs))
-        axes.append(Axis(STATIC_AXES[name], values, int if name == "train.batch_size" else str))
+        axes.append(Axis(STATIC_AXES[name], values, int if name in INT_FIELDS else str))
     return tuple(axes)
 
 

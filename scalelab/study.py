@@ -164,7 +164,7 @@ def run(
         with EpochProgress(enabled=progress) as bar:
             rows = runner.train_plan(plan, run_dir, resume=resume, position=position, on_epoch=bar)
         run_dir.write_summary(summarize(rows, plan.axes))
-        run_dir.write_status("complete", epochs=config.train.epochs)
+        run_dir.write_status("complete", epochs=max(single.train.epochs for _, single in config.programs()))
         if config.output.report:
             from analysis import report
 

@@ -473,7 +473,7 @@ CASES: list[Case] = [
          "an unknown activation"),
     Case("keras-faq-batch-size-above-data", "keras_faq", ("--batch-size", "1000"), 2,
          "--batch-size 1000 is larger than the 256 training examples", "a batch larger than the data"),
-    Case("keras-faq-out-holds-a-study", "keras_faq", ("--out", "run"), 2, "run already holds summary.json; choose",
+    Case("keras-faq-out-holds-a-study", "keras_faq", ("--out", "run"), 2, "run already holds config.json; choose",
          "`--out` of a folder holding a study", run=True),
     Case("preprocess-compare-inputs", "preprocess_compare", ("--inputs", "/255"), 2,
          "under adam and sgd; drop --inputs", "`--inputs` (the experiment's own axis)"),

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import common, keras_faq, lr_equivalence, preprocess_compare
+from analysis import report
+from experiments import keras_faq, lr_equivalence, preprocess_compare
 from scalelab import grid
 from scalelab.losses import get_loss
 from scalelab.models import make_model
@@ -193,42 +194,41 @@ def faq_run(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("faq") / "run"
     reports = []
     argv = ["--quick", *data_flags(data_dir), "--train-limit", NUM_TRAIN, "--test-limit", NUM_TEST, *FAST]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(common, "write_report", lambda run_dir: reports.append(Path(run_dir)))
+    with pytest.MonkeyPatch.context() as mp:  # the report has tests of its own: here, only that it is asked for
+        mp.setattr(report, "write_report", lambda run_dir: reports.append(Path(run_dir)))
         code = keras_faq.main([str(a) for a in [*argv, "--out", out]])
     assert code == 0
     return out, reports
 
 
-def test_keras_faq_runs_both_settings_on_both_inputs(faq_run):
+def test_keras_faq_is_one_study_of_both_bundles_on_both_inputs(faq_run):
     out, _ = faq_run
+    assert json.loads((out / "status.json").read_text())["state"] == "complete"
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["hidden"] == [128, 128] and config["grid"]["inputs"] == ["/1", "/255"]
+    assert config["data"]["train_limit"] == NUM_TRAIN and config["grid"]["seeds"] == 2
     expected = {  # (activation, optimizer, loss, patience, epochs under --quick)
-        "relu-adam-keras-ce": ("relu", "adam", "keras-ce", 3, 4),
-        "sigmoid-sgd-mse": ("sigmoid", "sgd", "mse", 0, 6),
+        ("relu", "adam", "keras-ce", "3", "4"),
+        ("sigmoid", "sgd", "mse", "0", "6"),
     }
-    for setting, want in expected.items():
-        run = out / setting
-        assert json.loads((run / "status.json").read_text())["state"] == "complete"
-        config = json.loads((run / "config.json").read_text())
-        train = config["train"]
-        got = (config["model"]["activation"], config["optimizer"]["name"], train["loss"], train["patience"],
-               train["epochs"])  # fmt: skip
-        assert got == want and config["model"]["hidden"] == [128, 128] and config["grid"]["inputs"] == ["/1", "/255"]
-        assert config["data"]["train_limit"] == NUM_TRAIN and config["grid"]["seeds"] == 2
-        rows = read_csv(run / "metrics.csv")
-        assert {r["inputs"] for r in rows} == {"/1", "/255"}
+    rows = read_csv(out / "metrics.csv")
+    assert {(r["activation"], r["optimizer"], r["loss_name"], r["patience"], r["epochs"]) for r in rows} == expected
+    assert {r["inputs"] for r in rows} == {"/1", "/255"}
+    for activation, *_, epochs in expected:  # each bundle trains for its own epochs
+        assert max(int(r["epoch"]) for r in rows if r["activation"] == activation) <= int(epochs)
 
 
-def test_keras_faq_summary_compares_accuracy_and_epochs(faq_run):
+def test_keras_faq_comparison_of_accuracy_and_epochs(faq_run):
     out, _ = faq_run
-    summary = json.loads((out / "summary.json").read_text())
-    rows = {(r["setting"], r["inputs"]): r for r in summary["by_setting_and_inputs"]}
+    comparison = json.loads((out / "comparison.json").read_text())
+    rows = {(r["setting"], r["inputs"]): r for r in comparison["by_setting_and_inputs"]}
     assert set(rows) == {(s, i) for s in keras_faq.SETTINGS for i in ("/1", "/255")}
+    metrics = read_csv(out / "metrics.csv")
     for (setting, inputs), row in rows.items():
-        metrics = [m for m in read_csv(out / setting / "metrics.csv") if m["inputs"] == inputs]
+        mine = [m for m in metrics if keras_faq.setting_of(m) == setting and m["inputs"] == inputs]
         accs = []
-        for seed in {m["seed"] for m in metrics}:
-            history = sorted((m for m in metrics if m["seed"] == seed), key=lambda m: int(m["epoch"]))
+        for seed in {m["seed"] for m in mine}:
+            history = sorted((m for m in mine if m["seed"] == seed), key=lambda m: int(m["epoch"]))
             ended = [m for m in history if m["stopped"] == "1" or m["diverged"] == "1"]
             accs.append(float((ended or history[-1:])[0]["test_acc"]))
         assert row["test_acc"]["mean"] == pytest.approx(np.mean(accs))
@@ -236,9 +236,9 @@ def test_keras_faq_summary_compares_accuracy_and_epochs(faq_run):
         assert row["models"] == 2
 
 
-def test_keras_faq_writes_a_report_per_sub_run_after_both_finish(faq_run):
+def test_keras_faq_writes_one_report_over_both_bundles(faq_run):
     out, reports = faq_run
-    assert reports == [out / name for name in keras_faq.SETTINGS]
+    assert reports == [out]
 
 
 def test_keras_faq_refuses_an_existing_output(faq_run, capsys):
@@ -260,21 +260,23 @@ def preprocess_run(data_dir, tmp_path_factory):
 
 
 def test_preprocess_compare_has_every_transform_for_both_optimizers(preprocess_run):
-    summary = json.loads((preprocess_run / "summary.json").read_text())
-    pairs = {(r["optimizer"], r["inputs"]) for r in summary["rows"]}
+    comparison = json.loads((preprocess_run / "comparison.json").read_text())
+    pairs = {(r["optimizer"], r["inputs"]) for r in comparison["rows"]}
     assert pairs == {(o, t) for o in ("adam", "sgd") for t in ("/255", "[-1,1]", "zscore", "pixel-zscore", "robust")}
-    for optimizer in ("adam", "sgd"):
-        config = json.loads((preprocess_run / optimizer / "config.json").read_text())
-        assert config["optimizer"]["name"] == optimizer and config["model"]["hidden"] == [16]
-        assert not (preprocess_run / optimizer / "report.md").exists()  # --no-report
+    config = json.loads((preprocess_run / "config.json").read_text())
+    assert [p["optimizer.name"] for p in config["grid"]["programs"]] == ["adam", "sgd"]
+    assert config["model"]["hidden"] == [16] and not (preprocess_run / "report.md").exists()  # --no-report
+    assert {(r["optimizer"], r["lr"]) for r in read_csv(preprocess_run / "metrics.csv")} == {
+        ("adam", "0.001"), ("sgd", "0.01")}  # fmt: skip
 
 
 def test_preprocess_compare_differences_are_paired_by_seed(preprocess_run):
-    summary = json.loads((preprocess_run / "summary.json").read_text())
-    for row in summary["rows"]:
-        metrics = read_csv(preprocess_run / row["optimizer"] / "metrics.csv")
-        last = max(int(m["epoch"]) for m in metrics)
-        acc = {(m["seed"], m["inputs"]): float(m["test_acc"]) for m in metrics if int(m["epoch"]) == last}
+    comparison = json.loads((preprocess_run / "comparison.json").read_text())
+    metrics = read_csv(preprocess_run / "metrics.csv")
+    last = max(int(m["epoch"]) for m in metrics)
+    for row in comparison["rows"]:
+        acc = {(m["seed"], m["inputs"]): float(m["test_acc"]) for m in metrics
+               if int(m["epoch"]) == last and m["optimizer"] == row["optimizer"]}  # fmt: skip
         gaps = [acc[(s, row["inputs"])] - acc[(s, "/255")] for s in ("0", "1")]
         assert row["test_acc_minus_baseline"]["mean"] == pytest.approx(np.mean(gaps), abs=1e-12)
         assert row["paired_seeds"] == 2
@@ -314,7 +316,7 @@ def test_help_lists_the_flags(module, flags, capsys):
         (lr_equivalence, ["--variants", "sgd-exact,lion"], "--variants"),
         (keras_faq, ["--seeds", "two"], "--seeds"),
         (keras_faq, ["--bogus-flag"], "unrecognized"),
-        (keras_faq, ["--train-limit", 100000], "--train-limit"),  # refused by the scale_grid sub-run
+        (keras_faq, ["--train-limit", 100000], "--train-limit"),  # refused before anything is trained
         (preprocess_compare, ["--hidden", "16,0"], "--hidden"),
         (preprocess_compare, ["--activation", "swish"], "activation"),
     ],

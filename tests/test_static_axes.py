@@ -14,8 +14,6 @@ import pytest
 from experiments import scale_grid
 from scalelab import flags, study
 from scalelab.config import CurvatureConfig, DataConfig, GridConfig, ModelConfig, OutputConfig, RunConfig, TrainConfig
-from scalelab.errors import UsageError
-from scalelab.optim import OptimizerConfig
 from scalelab.schema import grid_axes, study_models
 
 from .test_grid import GRID_ATOL, GRID_RTOL
@@ -144,8 +142,9 @@ def test_bad_static_axis_values_are_one_line_usage_errors(argv, needle, capsys):
     assert needle in err and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_a_single_value_for_a_static_axis_of_the_base_is_refused():
-    listed = parse("--activation", "relu,tanh")
-    with pytest.raises(UsageError, match="static axis"):
-        flags.apply(listed, {"model": {"activation": "relu"}})
-    assert flags.apply(listed, {"optimizer": {"name": "sgd"}}).optimizer == OptimizerConfig(name="sgd")
+def test_a_single_value_for_a_static_axis_of_the_base_applies_to_every_program():
+    listed = parse("--activation", "relu,tanh", "--optimizer", "adam,sgd")
+    both = flags.apply(listed, {"model": {"activation": "tanh"}})
+    assert [dict(p) for p in both.grid.programs] == [{"optimizer.name": "adam"}, {"optimizer.name": "sgd"}]
+    assert both.model.activation == "tanh" and both.num_models == listed.num_models // 2
+    assert flags.apply(parse("--activation", "relu,tanh"), {"model": {"activation": "relu"}}).grid.programs == ()
