@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import struct
 import tempfile
@@ -14,7 +15,12 @@ import pytest
 # Many tests (and the subprocesses they start) compile the same small programs: XLA's persistent
 # compilation cache, shared through the environment, compiles each once per machine. Set before
 # JAX is imported, since JAX reads these at import.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(tempfile.gettempdir()) / "scalelab-tests-jax-cache"))
+# One cache per checkout: two checkouts testing at once (a clean clone beside a working tree) must
+# not read each other's half-written entries (seen: a segfault deserialising one).
+_CHECKOUT = hashlib.sha256(str(Path(__file__).resolve().parents[1]).encode()).hexdigest()[:12]
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"scalelab-tests-jax-cache-{_CHECKOUT}")
+)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 
