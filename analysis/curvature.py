@@ -287,6 +287,8 @@ def analyse(
     key = jax.random.PRNGKey(args.seed)
     v0 = jax.random.normal(key, (n,), dtype)
     steps = min(args.lanczos_steps, n)  # a Krylov space cannot exceed the dimension
+    if args.top_k > steps:
+        raise UsageError(f"--top-k {args.top_k} needs at least as many --lanczos-steps (now {steps})")
     top = jax.jit(lambda v: curvature.top_eigenpairs(matvec, v, steps, args.top_k))(v0)
     loss, grads = jax.jit(jax.value_and_grad(lambda p: batch_loss(model, loss_fn, p, hypers, batch)[0]))(params)
     result = {

@@ -16,8 +16,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from scalelab import cli, flags
-from scalelab.config import RunConfig, read_config_file
+from experiments import common
+from scalelab import cli
+from scalelab.config import RunConfig
 from scalelab.errors import UsageError
 
 PROG = "scale_grid"
@@ -29,20 +30,10 @@ QUICK = {
 }
 
 
-def add_run_flags(p: cli.Parser, quick: flags.Overrides) -> None:
-    """The flags of a run that are not config fields: where it goes and how it is shown."""
-    p.add_argument("--config", type=Path, metavar="FILE", help="a TOML or JSON config (a run's config.json works); "
-                   "flags given as well override it")  # fmt: skip
-    p.add_argument("--out", type=Path, help="run directory to create (default runs/NAME-TIMESTAMP)")
-    p.add_argument("--quick", action="store_true", help="seconds-long smoke run: " + flags.describe(quick))
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-
-
 def build_parser() -> cli.Parser:
-    p = cli.Parser(prog=f"python -m experiments.{PROG}", description=__doc__.split("\n\n")[0])
-    flags.add_config_flags(p)
-    add_run_flags(p, QUICK)
+    p = common.build_parser(
+        PROG, __doc__, QUICK, out_help="run directory to create (default runs/scale_grid-TIMESTAMP)"
+    )
     p.add_argument(
         "--resume", type=Path, metavar="RUN_DIR",
         help="continue RUN_DIR from its last finished epoch; flags left out keep the run's values",
@@ -50,12 +41,8 @@ def build_parser() -> cli.Parser:
     return p
 
 
-def config_from_args(args, base: RunConfig, quick: flags.Overrides) -> RunConfig:
-    """``base`` (or ``--config FILE`` over it), then ``quick`` with --quick, then the explicit flags."""
-    if getattr(args, "config", None) is not None:
-        base = read_config_file(args.config, base)
-    layers = [quick] if args.quick else []
-    return flags.apply(base, flags.merge(*layers, flags.given(args)))
+# ``base`` (the defaults, or the resumed run's config), then --config FILE, --quick, the flags.
+config_from_args = common.resolve
 
 
 def run(argv) -> int:

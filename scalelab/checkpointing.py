@@ -113,6 +113,26 @@ def chunk_start(run_dir: RunDir | None, progress: Progress, chunk: int) -> tuple
     return 0, None
 
 
+def verify_chunk_states(run_dir: RunDir) -> None:
+    """Reads every finished chunk's saved state, so a damaged one is reported before anything runs."""
+    for path in sorted(run_dir.chunk_state_path(0).parent.glob("chunk_*.npz")):
+        run_dir.load_chunk_state(int(path.stem.split("_")[1]))
+
+
+def matching_leaves(leaves: list[np.ndarray], template, where: str) -> list[np.ndarray]:
+    """``leaves`` if they fit the grid state ``template`` leaf for leaf (shape and dtype), else an error."""
+    expected = jax.tree.leaves(template)  # arrays, or shapes and dtypes (jax.eval_shape)
+    fits = len(leaves) == len(expected) and all(
+        tuple(a.shape) == tuple(b.shape) and a.dtype == b.dtype for a, b in zip(leaves, expected, strict=False)
+    )
+    if not fits:
+        raise ScalelabError(
+            f"the saved state of {where} does not fit this run's grid; the checkpoint is damaged: delete "
+            "checkpoint*.npz and chunks/ to restart the run from scratch"
+        )
+    return leaves
+
+
 def record_extension(run_dir: RunDir, config: RunConfig) -> None:
     """config.json with the new epoch count and, under ``history``, the epochs trained before."""
     from scalelab.results import read_json, write_json

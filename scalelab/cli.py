@@ -11,6 +11,7 @@ import math
 import re
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from scalelab.errors import ScalelabError, UsageError
 
@@ -58,26 +59,6 @@ def main_wrapper(prog: str, run: Callable[[Sequence[str] | None], int]) -> Calla
             return 130
 
     return main
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number > 0")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number >= 0")
-    return value
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -129,32 +110,23 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0")
-    return value
+def _checked(convert: Callable[[str], Any], what: str, ok: Callable[[Any], bool], requirement: str):
+    """A flag parser: ``convert`` the text (else "is not WHAT"), then require ``ok`` of the value."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {requirement}")
+        return value
+
+    return parse
 
 
-def unit_fraction(text: str) -> float:
-    """A number in [0, 1): decay rates such as Adam's b1 and b2."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a number in [0, 1)")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
-    return value
+positive_int = _checked(int, "a whole number", lambda v: v > 0, "a whole number > 0")
+non_negative_int = _checked(int, "a whole number", lambda v: v >= 0, "a whole number >= 0")
+positive_float = _checked(float, "a number", lambda v: 0 < v < math.inf, "a finite number > 0")
+non_negative_float = _checked(float, "a number", lambda v: 0 <= v < math.inf, "a finite number >= 0")
+unit_fraction = _checked(float, "a number", lambda v: 0 <= v < 1, "a number in [0, 1)")  # decay rates (b1, b2)

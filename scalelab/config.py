@@ -263,12 +263,17 @@ class CurvatureConfig:
     density_steps: int = option(32, "Lanczos steps per density probe", parse=cli.positive_int)
 
     def __post_init__(self):
+        counts = {"--curvature-every": (self.every, 0), "--curvature-examples": (self.examples, 1),
+                  "--top-k": (self.top_k, 1), "--lanczos-steps": (self.lanczos_steps, 1),
+                  "--trace-probes": (self.trace_probes, 0), "--density-probes": (self.density_probes, 0),
+                  "--density-steps": (self.density_steps, 1)}  # fmt: skip
+        for flag, (value, low) in counts.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise UsageError(f"{flag} {value!r} must be a whole number >= {low}")
         if self.top_k > self.lanczos_steps:
             raise UsageError(f"--top-k {self.top_k} needs at least as many --lanczos-steps (now {self.lanczos_steps})")
         if self.trace_probes == 1:
             raise UsageError("--trace-probes 1 gives no standard error; use 0 (no trace) or at least 2")
-        if self.every < 0 or self.examples <= 0:
-            raise UsageError("--curvature-every must be >= 0 and --curvature-examples > 0")
         if not isinstance(self.enabled, bool):
             raise UsageError(f"curvature.enabled {self.enabled!r} must be true or false")
 

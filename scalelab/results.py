@@ -17,7 +17,6 @@ import io
 import json
 import math
 import os
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -131,6 +130,7 @@ class RunDir:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.warnings: list[str] = []  # what reading it found worth saying (a damaged newest checkpoint)
 
     config_path = property(lambda self: self.path / "config.json")
     metrics_path = property(lambda self: self.path / "metrics.csv")
@@ -222,7 +222,8 @@ class RunDir:
         """spectrum.json, checked: each model's SLQ ``nodes`` and ``weights``, (probes, steps) numbers."""
         spectrum = read_json(self.spectrum_path)
         models = spectrum.get("models") if isinstance(spectrum, dict) else None
-        if not isinstance(models, list) or not all(_spectrum_entry_ok(m) for m in models):
+        axes = self.axes
+        if not isinstance(models, list) or not all(_spectrum_entry_ok(m, axes) for m in models):
             raise ScalelabError(f"{self.spectrum_path}: a model's nodes/weights are not equal-shaped lists of numbers")
         return spectrum
 
@@ -275,6 +276,7 @@ class RunDir:
                     layers.setdefault(layer, {})[name] = npz[key]
         if not layers:
             raise ScalelabError(f"{path} has no model {model}; see metrics.csv for the run's model numbers")
+        check_flax_params(path, layers)
         return {"params": layers}
 
     def save_checkpoint(self, leaves: list[np.ndarray], meta: dict[str, Any]) -> None:
@@ -288,7 +290,7 @@ class RunDir:
         atomic_write_bytes(self.checkpoint_path, _npz_bytes(leaves, meta))
 
     def load_checkpoint(self) -> tuple[list[np.ndarray], dict[str, Any]] | None:
-        """The newest readable checkpoint (leaves, meta), warning on stderr when it had to fall back."""
+        """The newest readable checkpoint (leaves, meta); a fallback to the previous one adds to ``warnings``."""
         candidates = [p for p in (self.checkpoint_path, self.previous_checkpoint_path) if p.exists()]
         damaged = []
         for path in candidates:
@@ -297,8 +299,8 @@ class RunDir:
             except ScalelabError as err:
                 damaged.append(str(err))
                 continue
-            if damaged:
-                print(f"warning: {damaged[0]}; resuming from {path.name}", file=sys.stderr)
+            if damaged:  # said by the caller once the run's checks pass, so a refusal stays one line
+                self.warnings.append(f"warning: {damaged[0]}; resuming from {path.name}")
             return loaded
         if damaged:
             raise ScalelabError(
@@ -319,12 +321,39 @@ class RunDir:
         return _read_npz_state(path) if path.exists() else None
 
 
-def _spectrum_entry_ok(entry) -> bool:
+def _spectrum_entry_ok(entry, axes: Sequence[Axis]) -> bool:
+    """A model's entry: its id, its value on every axis (of the axis' type), equal-shaped SLQ tables."""
     try:
         nodes, weights = np.asarray(entry["nodes"], float), np.asarray(entry["weights"], float)
-        return isinstance(entry["model"], int) and nodes.ndim == 2 and nodes.shape == weights.shape
+        typed = all(_of_kind(entry[a.name], a.kind) for a in axes)
+        return _of_kind(entry["model"], int) and typed and nodes.ndim == 2 and nodes.shape == weights.shape
     except (TypeError, ValueError, KeyError):
         return False
+
+
+def _of_kind(value, kind: type) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int | float) if kind is float else isinstance(value, kind)
+
+
+def check_flax_params(path: Path, layers: dict[str, dict[str, np.ndarray]]) -> None:
+    """An MLP's layers as saved: Dense_0..Dense_L, each a 2-d float kernel and a bias to match, chained."""
+    names = sorted(layers, key=lambda n: int(n.split("_")[1]) if n.startswith("Dense_") and n[6:].isdigit() else -1)
+    if names != [f"Dense_{i}" for i in range(len(names))]:
+        raise ScalelabError(f"{path}: layers {names} are not Dense_0..Dense_L; the file is damaged")
+    width = None
+    for name in names:
+        kernel, bias = layers[name].get("kernel"), layers[name].get("bias")
+        shapes_ok = (
+            kernel is not None and bias is not None and kernel.ndim == 2 and bias.shape == kernel.shape[1:]
+            and np.issubdtype(kernel.dtype, np.floating) and np.issubdtype(bias.dtype, np.floating)
+            and (width is None or kernel.shape[0] == width)
+        )  # fmt: skip
+        if not shapes_ok:
+            raise ScalelabError(f"{path}: {name}'s kernel and bias are missing or of the wrong shape or type")
+        assert kernel is not None
+        width = kernel.shape[1]
 
 
 def _npz_bytes(leaves: list[np.ndarray], meta: dict[str, Any]) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -137,6 +138,23 @@ def run_grid(
     return plan, train_plan(plan, run_dir, resume=resume, on_epoch=on_epoch)
 
 
+def check_position(plan: StudyPlan, progress: checkpointing.Progress) -> None:
+    """Refuses a resumed state that does not fit its chunk (leaf for leaf), before anything runs."""
+    if progress.leaves is None:
+        return
+    chunks = progress.chunks or plan_chunks(plan)
+    if not 0 <= progress.chunk < len(chunks) or not 0 <= chunks[progress.chunk][0] < len(plan.grids):
+        raise ScalelabError("the checkpoint's position is outside this run's chunks; the checkpoint is damaged")
+    g, seed_slice, variant_slice = chunks[progress.chunk]
+    grid = plan.grids[g]
+    num_seeds, num_variants = len(grid.seeds[seed_slice]), len(range(grid.num_variants)[variant_slice])
+    keys = jax.ShapeDtypeStruct((num_seeds, 2), np.uint32)
+    template = jax.eval_shape(
+        lambda k: grid_lib.init_grid(grid.program, k, num_variants, grid.data.train_x.shape[1]), keys
+    )
+    checkpointing.matching_leaves(progress.leaves, template, f"chunk {progress.chunk}")
+
+
 def train_plan(
     plan: StudyPlan,
     run_dir: RunDir | None = None,
@@ -158,6 +176,9 @@ def train_plan(
     if resume and run_dir is not None and position is None:
         checkpointing.check_resumable(run_dir, plan.config)
         progress = checkpointing.restore(run_dir)
+        check_position(plan, progress)
+        for warning in run_dir.warnings:
+            print(warning, file=sys.stderr)
     loop = GridLoop(plan, run_dir, on_epoch, progress.chunks)
     loop.rows, loop.curvature_rows = list(progress.rows), list(progress.curvature_rows)
     with StopRequested() as loop.stop:
@@ -204,6 +225,7 @@ class GridLoop:
         num_variants = len(range(plan.num_variants)[variant_slice])
         state = sharding.to_host(self.fns.init(plan.program, init_keys, num_variants, plan.data.train_x.shape[1]))
         if leaves is not None:
+            leaves = checkpointing.matching_leaves(leaves, state, f"chunk {c}")
             state = jax.tree.unflatten(jax.tree.structure(state), leaves)
         elif plan.config.grid.init_scales != (1.0,):
             first = plan.config.grid.init_scale_layers == "first"

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scalelab.checkpointing import START, check_resumable, record_extension, restore
+from scalelab.checkpointing import START, check_resumable, record_extension, restore, verify_chunk_states
 from scalelab.config import RunConfig
 from scalelab.errors import ScalelabError
 from scalelab.locking import RunLock
-from scalelab.results import RunDir, read_json
+from scalelab.results import RunDir
 from scalelab.schema import (
     Axis,
     ModelId,
@@ -76,7 +76,7 @@ class Run:
 
     def summary(self) -> dict[str, Any]:
         """summary.json (written when the run completes): final rows and per-setting statistics."""
-        return read_json(self.dir.summary_path)
+        return self.dir.summary()
 
     def params(self, epoch: int, model: int) -> dict[str, Any]:
         """One model's Flax params after ``epoch`` (0 = init)."""
@@ -156,10 +156,14 @@ def run(
         if resume:  # every check, and reading the checkpoint, before anything is written
             check_resumable(run_dir, config)
             position = restore(run_dir)
+            runner.check_position(plan, position)
+            verify_chunk_states(run_dir)
             if config.train.epochs > run_dir.config().train.epochs:  # --resume RUN --epochs N: train on
                 record_extension(run_dir, config)
         if lock is not None:
             lock.announce()
+        for warning in run_dir.warnings:
+            print(warning, file=sys.stderr)
         print(f"{name}: {describe(config)} -> {run_dir.path}", file=sys.stderr)
         with EpochProgress(enabled=progress) as bar:
             rows = runner.train_plan(plan, run_dir, resume=resume, position=position, on_epoch=bar)

@@ -73,3 +73,23 @@ def tiny_dataset():
 @pytest.fixture
 def idx_folder(tmp_path):
     return write_idx_folder(tmp_path / "idx")
+
+
+MAX_MAPPINGS = 30_000  # of the kernel's vm.max_map_count (65530 by default)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drops JAX's in-memory compiled programs after a test module once they hold many mappings.
+
+    One pytest process compiles many hundreds of XLA programs, and each keeps its JIT code mapped:
+    the whole suite in one process passed the kernel's limit on memory mappings (vm.max_map_count)
+    and segfaulted inside a later compile (measured: up to 15k mappings per module, never released).
+    Clearing only past a threshold keeps the in-memory hits that make the suite fast.
+    """
+    yield
+    maps = Path("/proc/self/maps")
+    if maps.exists() and len(maps.read_text().splitlines()) > MAX_MAPPINGS:
+        import jax
+
+        jax.clear_caches()

@@ -400,13 +400,11 @@ def check_readers(pristine: Path, name: str, mutation: tuple, readers: list[Read
 # ---------------------------------------------------------------------------- one property per file
 #
 # Every test first tries an emptied file, then the damage it once failed on (the explicit examples
-# of the xfail-marked tests: the reason names the crash), then what hypothesis draws.
+# that once crashed a reader, kept as regression cases), then what hypothesis draws.
 
 EMPTY = ("empty",)
 
 
-@pytest.mark.xfail(strict=False, reason="scale_grid --resume crashes (TypeError in recording.Recorder) on a "
-                   "config.json whose curvature.examples is 1.5: config validation lets a float through")  # fmt: skip
 @damage_settings(4)
 @example(mutation=EMPTY)
 @example(mutation=("set", ("curvature", "examples"), 1.5))
@@ -416,23 +414,20 @@ def test_damaged_config_json(pristine, mutation):
     check_readers(pristine, "config.json", mutation, readers)
 
 
-@damage_settings(25)
+@damage_settings(8)
 @example(mutation=EMPTY)
 @given(mutation=CSV)
 def test_damaged_metrics_csv(pristine, mutation):
     check_readers(pristine, "metrics.csv", mutation, [METRICS, *FIGURE_READERS])
 
 
-@damage_settings(12)
+@damage_settings(8)
 @example(mutation=EMPTY)
 @given(mutation=CSV)
 def test_damaged_curvature_csv(pristine, mutation):
     check_readers(pristine, "curvature.csv", mutation, [CURVATURE, *FIGURE_READERS])
 
 
-@pytest.mark.xfail(strict=False, reason="analysis.report and analysis.plots crash (TypeError/AttributeError in "
-                   "plots.spectrum_models) on a spectrum.json model whose inputs or seed is null or a list: "
-                   "RunDir.spectrum checks only model, nodes and weights")  # fmt: skip
 @damage_settings(3)
 @example(mutation=EMPTY)
 @example(mutation=("set", ("models", 0, "inputs"), None))
@@ -443,23 +438,20 @@ def test_damaged_spectrum_json(pristine, mutation):
     check_readers(pristine, "spectrum.json", mutation, FIGURE_READERS)
 
 
-@damage_settings(30)
+@damage_settings(15)
 @example(mutation=EMPTY)
 @given(mutation=JSON)
 def test_damaged_summary_json(pristine, mutation):
     check_readers(pristine, "summary.json", mutation, [SUMMARY])
 
 
-@damage_settings(30)
+@damage_settings(15)
 @example(mutation=EMPTY)
 @given(mutation=JSON)
 def test_damaged_status_json(pristine, mutation):
     check_readers(pristine, "status.json", mutation, [STATUS])
 
 
-@pytest.mark.xfail(strict=False, reason="analysis.curvature --run crashes (KeyError, IndexError, ValueError, flax "
-                   "ScopeParam*Error) on a params file with a member missing or of the wrong shape or dtype: "
-                   "RunDir.load_params and analyse_run do not check the arrays against the run's MLP")  # fmt: skip
 @pytest.mark.parametrize("epoch", [0, 1, 2])
 @damage_settings(4)
 @example(mutation=EMPTY)
@@ -487,9 +479,6 @@ def _damage_newest_checkpoint(run: Path) -> None:
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
 
 
-@pytest.mark.xfail(strict=False, reason="scale_grid --resume crashes (ValueError/IndexError in runner.place_chunk, "
-                   "sharding._pad_axis) on a checkpoint whose leaves are missing or of the wrong shape: "
-                   "results._read_npz_state checks only that meta is a table")  # fmt: skip
 @damage_settings(3)
 @example(mutation=EMPTY)
 @example(mutation=("drop_member", "leaf_00019"))
@@ -501,8 +490,6 @@ def test_damaged_previous_checkpoint_npz_behind_a_damaged_newest(pristine, mutat
     check_readers(pristine, "checkpoint.prev.npz", mutation, [RESUME], prepare=_damage_newest_checkpoint)
 
 
-@pytest.mark.xfail(strict=False, reason="scale_grid --resume prints its 'scale_grid: N models ... -> RUN' line "
-                   "before it reads chunks/, so a damaged chunk state is two lines on stderr")  # fmt: skip
 @damage_settings(10)
 @example(mutation=EMPTY)
 @given(mutation=NPZ)

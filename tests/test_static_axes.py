@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import signal
-import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -17,7 +14,6 @@ from scalelab.config import CurvatureConfig, DataConfig, GridConfig, ModelConfig
 from scalelab.schema import grid_axes, study_models
 
 from .test_grid import GRID_ATOL, GRID_RTOL
-from .test_resume import ROOT, _checkpoint_epoch, _cli
 
 
 def base(folder) -> RunConfig:
@@ -106,24 +102,37 @@ def test_programs_of_different_depths_share_one_curvature_table(idx_folder, tmp_
     assert run.params(1, deep[0]["model"])["params"]["Dense_1"]["kernel"].shape == (8, 4)
 
 
-def test_a_study_of_several_programs_resumes_bit_identically_after_sigkill(tmp_path):
-    from .conftest import write_idx_folder
+def test_a_study_of_several_programs_resumes_bit_identically_after_a_crash(idx_folder, tmp_path):
+    """Killed after its third chunk-epoch (inside the second program), resumed: the same tables.
 
-    data = write_idx_folder(tmp_path / "idx", num_train=2000, num_test=100)
-    flags_ = ["--data", "idx", "--data-dir", data, "--epochs", 3, "--seeds", 2, "--hidden", 16, "--batch-size", 8,
-              "--inputs", "/1,/255", "--activation", "relu,tanh", "--loss", "keras-ce,mse", "--no-progress",
-              "--no-report", "--curvature-examples", 16, "--lanczos-steps", 4]  # fmt: skip
-    subprocess.run(_cli(*flags_, "--out", tmp_path / "reference"), check=True, cwd=ROOT)
-    proc = subprocess.Popen(_cli(*flags_, "--out", tmp_path / "killed"), cwd=ROOT)
-    deadline = time.time() + 120
-    while (_checkpoint_epoch(tmp_path / "killed") or 0) < 1 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert json.loads((tmp_path / "killed" / "status.json").read_text())["state"] == "running"
-    subprocess.run(_cli("--resume", tmp_path / "killed", "--no-progress"), check=True, cwd=ROOT)
+    The kill itself (SIGKILL between checkpoints) is test_resume's; here, the position across programs.
+    """
+    from scalelab.data import load_dataset
+    from scalelab.results import RunDir
+    from scalelab.runner import run_grid
+
+    config = dataclasses.replace(
+        base(idx_folder), grid=dataclasses.replace(base(idx_folder).grid, lrs=(1e-2,), programs=(
+            {"model.activation": "relu", "train.loss": "keras-ce"}, {"model.activation": "tanh", "train.loss": "mse"},
+        )),
+    )  # fmt: skip
+    dataset = load_dataset("idx", idx_folder)
+    study.run(config, tmp_path / "reference", progress=False, dataset=dataset)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_three(done, total, rows):
+        if done == 3:
+            raise Crash
+
+    killed = RunDir.create(tmp_path / "killed", config)
+    with pytest.raises(Crash):
+        run_grid(config, dataset, killed, on_epoch=crash_after_three)
+    assert json.loads((killed.path / "status.json").read_text())["state"] == "running"
+    study.run(config, killed.path, resume=True, progress=False, dataset=dataset)
     for name in ("metrics.csv", "curvature.csv"):
-        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
+        assert (killed.path / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
 
 
 @pytest.mark.parametrize(
