@@ -20,6 +20,7 @@ from scalelab import cli, flags
 from scalelab.config import RunConfig, read_config_file
 from scalelab.errors import UsageError
 from scalelab.results import write_json
+from scalelab.schema import mean_min_max
 
 
 def build_parser(prog: str, doc: str, quick: flags.Overrides, *, out_help: str) -> cli.Parser:
@@ -63,10 +64,7 @@ def finish(prog: str, result, comparison: dict[str, Any], table: str) -> None:
 def stat(values) -> dict[str, float] | None:
     """mean/min/max of the finite values, or None when there are none."""
     values = np.asarray([v for v in values if v is not None], np.float64)
-    values = values[np.isfinite(values)]
-    if not len(values):
-        return None
-    return {"mean": float(values.mean()), "min": float(values.min()), "max": float(values.max())}
+    return mean_min_max(values[np.isfinite(values)])
 
 
 def cell(s: dict[str, float] | None, fmt: str = ".3f") -> str:

@@ -194,10 +194,11 @@ def final_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return sorted(finals, key=lambda r: r["model"])
 
 
-def _stat(values: list[float]) -> dict[str, float] | None:
-    if not values:
-        return None
+def mean_min_max(values) -> dict[str, float] | None:
+    """``{'mean', 'min', 'max'}`` of ``values`` in float64, or None when there are none."""
     array = np.asarray(values, dtype=np.float64)
+    if not array.size:
+        return None
     return {"mean": float(array.mean()), "min": float(array.min()), "max": float(array.max())}
 
 
@@ -219,6 +220,6 @@ def summarize(rows: Iterable[Mapping[str, Any]], axes: Sequence[Axis]) -> dict[s
         entry.update(models=len(members), diverged=len(members) - len(healthy),
                      stopped=sum(r["stopped"] for r in members))  # fmt: skip
         for name in FINAL_FIELDS:
-            entry[name] = _stat([r[name] for r in healthy])
+            entry[name] = mean_min_max([r[name] for r in healthy])
         per_group.append(entry)
     return {"axes": list(names), "models": finals, "groups": per_group}
