@@ -314,8 +314,14 @@ class EngineConfig:
         "(default: about 4 MiB of parameters and optimiser state; 0: all at once)",
         parse=cli.non_negative_int, free=True,
     )  # fmt: skip
+    compile_cache: bool = option(
+        True, "do not use JAX's persistent compilation cache (in $SCALELAB_CACHE_DIR, default "
+        "~/.cache/scalelab/jax), which lets a repeated run skip compiling", flag="--no-compile-cache", negate=True, free=True,
+    )  # fmt: skip
 
     def __post_init__(self):
+        if not isinstance(self.compile_cache, bool):
+            raise UsageError(f"engine.compile_cache {self.compile_cache!r} must be true or false")
         for flag, value, low in (("--max-models-per-chunk", self.max_models_per_chunk, 1),
                                  ("--models-per-block", self.models_per_block, 0)):  # fmt: skip
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):

@@ -17,6 +17,7 @@ and without the step's CPU tunings; ``tests/test_reference.py`` checks that they
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from jax.sharding import PartitionSpec as P
 
 from scalelab import train
 from scalelab.models import MLP
+from scalelab.optim import OptimizerConfig, make_direction
 from scalelab.sharding import SEEDS, VARIANTS
 from scalelab.train import Batch, Hypers, StepMetrics
 
@@ -66,6 +68,17 @@ class Program:
     eval_chunk: int = 1000
     models_per_block: int = 0  # train this many models at a time (CPU cache); 0: all at once
     mesh: Mesh | None = None  # the (seeds, variants) mesh the grid is sharded over; None: no shard_map
+    optimizer: OptimizerConfig | None = None  # what ``direction`` was made from: rebuilt per model on an eps axis
+
+    def direction_for(self, hypers: Hypers) -> optax.GradientTransformation:
+        """One model's direction: ``direction``, or on a numeric optimiser axis (``Hypers.eps`` /
+        ``weight_decay`` set) the same optimiser made with the model's own (traced) values."""
+        changes = {name: getattr(hypers, name) for name in ("eps", "weight_decay") if getattr(hypers, name) is not None}
+        if not changes:
+            return self.direction
+        if self.optimizer is None:
+            raise ValueError("a grid with an eps or weight-decay axis needs Program.optimizer")
+        return make_direction(dataclasses.replace(self.optimizer, **changes))
 
     def num_steps(self, num_train: int) -> int:
         return math.ceil(num_train / self.batch_size)
@@ -218,7 +231,9 @@ def _blocked(program: Program, block: int, states, sums, hypers, data: DeviceDat
 
 def _scan_steps(program: Program, states, sums, hypers, data: DeviceData, orders, weights, epoch, to_models):
     """A stretch of steps for a flat axis of models; ``to_models`` maps a step's order to (models, B)."""
-    step = jax.vmap(lambda s, h, b: train.train_step(program.model, program.loss_fn, program.direction, s, h, b, epoch))
+    step = jax.vmap(
+        lambda s, h, b: train.train_step(program.model, program.loss_fn, program.direction_for(h), s, h, b, epoch)
+    )
 
     def body(carry, xs):
         states, sums = carry

@@ -65,7 +65,9 @@ def measure_model(
     """All measurements of one model; ``key`` fixes the start vector and probes (share it)."""
     state = _without_divergence(state)
     params = state.params
-    probes = unit_probes(program.model, program.loss_fn, program.direction, params, state.opt_state, hypers, batch)
+    probes = unit_probes(
+        program.model, program.loss_fn, program.direction_for(hypers), params, state.opt_state, hypers, batch
+    )
     hvp = hvp_fn(program.model, program.loss_fn, hypers, batch)
     summary = curv.curvature_summary(
         hvp, params, key, top_k=settings.top_k, num_lanczos_steps=settings.lanczos_steps,
@@ -80,7 +82,7 @@ def measure_model(
         v0 = jax.random.normal(jax.random.fold_in(key, 1), (n,), jnp.float32)
         adam = curv.adam_preconditioned_sharpness(
             hvp, params, state.opt_state, v0, settings.lanczos_steps, include_bias_correction=True,
-            k=1, b1=optimizer.b1, b2=optimizer.b2, eps=optimizer.eps,
+            k=1, b1=optimizer.b1, b2=optimizer.b2, eps=optimizer.eps if hypers.eps is None else hypers.eps,
         )  # fmt: skip
         # Adam's preconditioner needs at least one update (its bias correction divides by 1 - b2^t).
         started = curv.find_adam_state(state.opt_state).count > 0

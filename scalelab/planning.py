@@ -101,6 +101,7 @@ def make_program(config: RunConfig, num_classes: int) -> grid_lib.Program:
         model=make_model(config.model.hidden, num_classes, config.model.activation, config.model.init),
         loss_fn=get_loss(config.train.loss),
         direction=make_direction(config.optimizer),
+        optimizer=config.optimizer,
         batch_size=config.train.batch_size,
         patience=config.train.patience,
     )

@@ -71,6 +71,9 @@ class Hypers(NamedTuple):
     shift: jax.Array  # (D,) input transform: x' = (x - shift) * scale
     scale: jax.Array  # (D,)
     lr: jax.Array  # ()
+    # Numeric optimiser axes, where the grid varies them; None: the optimiser's own (``Program.direction_for``).
+    eps: jax.Array | None = None  # () Adam/RMSprop epsilon
+    weight_decay: jax.Array | None = None  # () AdamW's decoupled weight decay
 
 
 class Batch(NamedTuple):
