@@ -316,7 +316,8 @@ class EngineConfig:
     )  # fmt: skip
     compile_cache: bool = option(
         True, "do not use JAX's persistent compilation cache (in $SCALELAB_CACHE_DIR, default "
-        "~/.cache/scalelab/jax), which lets a repeated run skip compiling", flag="--no-compile-cache", negate=True, free=True,
+        "~/.cache/scalelab/jax), which lets a repeated run skip compiling",
+        flag="--no-compile-cache", negate=True, free=True,
     )  # fmt: skip
 
     def __post_init__(self):
