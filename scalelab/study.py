@@ -137,13 +137,15 @@ def run(
     directory is locked against a second writer (``scalelab.locking``). The summary and, with
     ``config.output.report``, the report are written at the end.
     """
-    from scalelab import runner
+    from scalelab import compile_cache, runner
     from scalelab.data import load_dataset
     from scalelab.progress import EpochProgress
     from scalelab.sharding import maybe_initialize_distributed, use_host_cores
 
     maybe_initialize_distributed()  # a no-op unless a multi-host launch is configured (README)
     use_host_cores()  # on a CPU, one device per core: large grids are split among them (README, Speed)
+    if config.engine.compile_cache:  # before the first compile: a repeated study loads its programs
+        compile_cache.enable()
     if resume and out is None:
         raise ScalelabError("resume=True needs the run directory to continue (out)")
     if dataset is None:
