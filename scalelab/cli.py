@@ -86,15 +86,23 @@ def seed_list(text: str) -> tuple[int, ...]:
     return tuple(seeds)
 
 
-def float_list(text: str) -> tuple[float, ...]:
-    """``1e-3,1e-2`` -> (0.001, 0.01); every entry a finite number > 0."""
-    try:
-        values = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated numbers, e.g. 1e-3,1e-2") from None
-    if not all(0 < v < float("inf") for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: every value must be a finite number > 0")
-    return values
+def _number_list(ok: Callable[[float], bool], requirement: str, example: str) -> Callable[[str], tuple[float, ...]]:
+    """A parser of comma-separated numbers, each satisfying ``ok`` (else "must be a finite number REQUIREMENT")."""
+
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            values = tuple(float(part) for part in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated numbers, e.g. {example}") from None
+        if not all(ok(v) for v in values):
+            raise argparse.ArgumentTypeError(f"{text!r}: every value must be a finite number {requirement}")
+        return values
+
+    return parse
+
+
+float_list = _number_list(lambda v: 0 < v < math.inf, "> 0", "1e-3,1e-2")  # learning rates, scales, eps
+non_negative_float_list = _number_list(lambda v: 0 <= v < math.inf, ">= 0", "0,1e-2")  # weight decays
 
 
 def add_data_flags(parser: argparse.ArgumentParser) -> None:

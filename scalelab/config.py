@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -63,6 +64,9 @@ STATIC_AXES = {
     "train.epochs": "epochs", "train.patience": "patience",
 }  # fmt: skip
 Program = tuple[tuple[str, Any], ...]  # (("model.activation", "relu"), ("optimizer.name", "adam")): one program
+# Numeric fields a program may set for itself (an arm run only at /1 and /255, or with fewer seeds): they
+# restrict the study's numeric axes for that program and are no axes of their own.
+PROGRAM_GRID_FIELDS = ("grid.inputs", "grid.seeds", "grid.seed_list", "grid.lrs")
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,22 @@ def _positive(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < float("inf")
 
 
+def _numbers(values, flag: str, above: float | None, example: str) -> tuple[float, ...]:
+    """A numeric axis's values as floats: finite, each listed once, ``> above`` (or ``>= 0`` when None)."""
+    low = above if above is not None else 0.0
+    ok = (lambda v: v > low) if above is not None else (lambda v: v >= low)  # noqa: E731
+    numbers = isinstance(values, tuple | list) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and v < float("inf") and ok(v) for v in values
+    )
+    if not numbers or not values:
+        bound = f"> {low:g}" if above is not None else ">= 0"
+        raise UsageError(f"{flag} {values!r}: every value must be a finite number {bound}, e.g. {example}")
+    out = tuple(float(v) for v in values)
+    if len(set(out)) < len(out):
+        raise UsageError(f"{flag} lists a value more than once; list each once")
+    return out
+
+
 def check_seed_list(seeds: tuple[int, ...]) -> None:
     if not seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
         raise UsageError(f"--seed-list {seeds}: give seeds >= 0, e.g. 3,7,11 or 0-7")
@@ -149,18 +169,26 @@ def normalize_programs(programs) -> tuple[Program, ...]:
     out = []
     for program in programs:
         items = dict(program.items() if isinstance(program, Mapping) else program)
-        unknown = sorted(set(items) - set(STATIC_AXES))
+        unknown = sorted(set(items) - set(STATIC_AXES) - set(PROGRAM_GRID_FIELDS))
         if unknown:
-            raise UsageError(f"grid.programs: {unknown[0]!r} is not a static field; they are {', '.join(STATIC_AXES)}")
+            raise UsageError(
+                f"grid.programs: {unknown[0]!r} is not a static field; they are {', '.join(STATIC_AXES)} "
+                f"(and a program may set its own {', '.join(PROGRAM_GRID_FIELDS)})"
+            )
         values = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in items.items()}
-        out.append(tuple((k, values[k]) for k in STATIC_AXES if k in values))
-    keys = {tuple(k for k, _ in p) for p in out}
-    if len(keys) > 1:
+        out.append(tuple((k, values[k]) for k in (*STATIC_AXES, *PROGRAM_GRID_FIELDS) if k in values))
+    statics = [static_part(p) for p in out]
+    if len({tuple(k for k, _ in p) for p in statics}) > 1 or (out and not statics[0]):
         raise UsageError("grid.programs: every program must set the same static fields; fill in the missing ones")
-    repeated = [p for p in out if out.count(p) > 1]
+    repeated = [p for p in statics if statics.count(p) > 1]
     if repeated:
         raise UsageError(f"grid.programs lists {dict(repeated[0])} more than once; list each program once")
     return tuple(out)
+
+
+def static_part(program: Program) -> Program:
+    """A program's static fields (what it compiles), without the numeric values it sets for itself."""
+    return tuple((k, v) for k, v in program if k in STATIC_AXES)
 
 
 @dataclass(frozen=True)
@@ -192,6 +220,15 @@ class GridConfig:
     init_scale_layers: str = option(
         "first", "the kernels --init-scale multiplies: first (the first layer's, the input scale's partner) or all"
     )
+    epsilons: tuple[float, ...] | None = option(
+        None, flag="--eps", parse=cli.float_list,
+        help="Adam/RMSprop epsilon (default Keras' 1e-7; optax's own is 1e-8); several, comma-separated, are a "
+        "numeric axis (vmapped): eps is where lr_equivalence's reparametrisation breaks",
+    )  # fmt: skip
+    weight_decays: tuple[float, ...] | None = option(
+        None, flag="--weight-decay", parse=cli.non_negative_float_list,
+        help="AdamW's decoupled weight decay (default 0.004, Keras'); several, comma-separated, are a numeric axis",
+    )  # fmt: skip
     programs: tuple[Program, ...] = option(
         (), cli=False,
         help="static axes: the combinations of static fields the study trains, one compiled program each "
@@ -222,6 +259,10 @@ class GridConfig:
             raise UsageError("--init-scale lists a value more than once; list each once")
         if self.init_scale_layers not in ("first", "all"):
             raise UsageError(f"--init-scale-layers {self.init_scale_layers!r}: choose first or all")
+        axes = (("epsilons", "--eps", 0.0, "1e-7,1e-3"), ("weight_decays", "--weight-decay", None, "0,1e-2"))
+        for name, flag, low, example in axes:
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, _numbers(getattr(self, name), flag, low, example))
 
     def _check_lrs(self) -> None:
         lrs = self.lrs
@@ -334,10 +375,10 @@ OPTIMIZER_OPTIONS: dict[str, dict[str, Any]] = {
     "name": {"flag": "--optimizer", "help": f"{', '.join(OPTIMIZERS)} (Keras defaults)"},
     "b1": {"help": "Adam's first-moment decay", "parse": cli.unit_fraction},
     "b2": {"help": "Adam's second-moment decay", "parse": cli.unit_fraction},
-    "eps": {"help": "Adam/RMSprop epsilon (Keras' 1e-7; optax's own default is 1e-8)", "parse": cli.positive_float},
+    "eps": {"cli": False},  # --eps is grid.epsilons: one value sets this field, several are an axis
     "momentum": {"help": "momentum's decay", "parse": cli.unit_fraction},
     "rho": {"help": "RMSprop's decay", "parse": cli.unit_fraction},
-    "weight_decay": {"help": "AdamW's decoupled weight decay", "parse": cli.non_negative_float},
+    "weight_decay": {"cli": False},  # --weight-decay is grid.weight_decays, likewise
 }
 
 
@@ -357,34 +398,72 @@ class RunConfig:
         if self.grid.lrs is None and not per_program_lr:  # with an optimiser axis, each program takes its own
             lrs = (DEFAULT_LR[self.optimizer.name],)
             object.__setattr__(self, "grid", dataclasses.replace(self.grid, lrs=lrs))
-        self.programs()  # builds, and so checks, every program
+        for axis, name in (("epsilons", "eps"), ("weight_decays", "weight_decay")):
+            values = getattr(self.grid, axis)
+            if values is not None and len(values) == 1:  # one value is the optimiser's own, not an axis
+                object.__setattr__(self, "optimizer", dataclasses.replace(self.optimizer, **{name: values[0]}))
+                object.__setattr__(self, "grid", dataclasses.replace(self.grid, **{axis: None}))
+        for _, single in self.programs():  # builds, and so checks, every program
+            single._check_optimizer_axes()
+
+    def _check_optimizer_axes(self) -> None:
+        name = self.optimizer.name
+        if self.grid.epsilons is not None and name not in ("adam", "adamw", "rmsprop"):
+            raise UsageError(f"--eps {','.join(map(str, self.grid.epsilons))}: {name} has no epsilon; "
+                             "an eps axis needs adam, adamw or rmsprop")  # fmt: skip
+        if self.grid.weight_decays is not None and name != "adamw":
+            raise UsageError(f"--weight-decay {','.join(map(str, self.grid.weight_decays))}: {name} has no "
+                             "weight decay; a weight-decay axis needs --optimizer adamw")  # fmt: skip
 
     def programs(self) -> list[tuple[Program, RunConfig]]:
         """(static values, single-program config) of every program of the study, in order.
 
-        A study without static axes is its own single program.
+        A study without static axes is its own single program. A program's own numeric values
+        (``PROGRAM_GRID_FIELDS``) replace the study's in its config.
         """
         if not self.grid.programs:
             return [((), self)]
-        out = []
-        for program in self.grid.programs:
-            sections: dict[str, dict[str, Any]] = {"grid": {"programs": (), "lrs": self.grid.lrs}}
-            for name, value in program:
-                section, field_name = name.split(".")
-                sections.setdefault(section, {})[field_name] = value
-            out.append((program, RunConfig.from_dict(sections, self, source="grid.programs")))
-        return out
+        return [(program, self._program_config(program)) for program in self.grid.programs]
+
+    def _program_config(self, program: Program) -> RunConfig:
+        sections: dict[str, dict[str, Any]] = {"grid": {"programs": (), "lrs": self.grid.lrs}}
+        for name, value in program:
+            section, field_name = name.split(".")
+            sections.setdefault(section, {})[field_name] = value
+        if "seeds" in sections["grid"] and "seed_list" not in sections["grid"]:
+            sections["grid"]["seed_list"] = None  # its own count of seeds: 0..N-1
+        return RunConfig.from_dict(sections, self, source="grid.programs")
+
+    def numeric_axes(self) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+        """(name, values) of the vmapped axes after the seed, in the engine's order (the last fastest).
+
+        inputs and lr always; eps and weight_decay where the grid varies them; init_scale unless
+        it is the default (1,). A study's values are its programs' in order of first use.
+        """
+        if self.grid.programs:
+            per_program = [dict(c.numeric_axes()) for _, c in self.programs()]
+            names = dict.fromkeys(name for axes in per_program for name in axes)
+            return tuple((n, tuple(dict.fromkeys(v for axes in per_program for v in axes.get(n, ())))) for n in names)
+        grid = self.grid
+        optional = (("eps", grid.epsilons), ("weight_decay", grid.weight_decays),
+                    ("init_scale", None if grid.init_scales == (1.0,) else grid.init_scales))  # fmt: skip
+        return (("inputs", grid.inputs), ("lr", self.lrs), *((n, v) for n, v in optional if v is not None))
+
+    @property
+    def seed_values(self) -> tuple[int, ...]:
+        """The study's seeds: its own, or every program's in order of first use."""
+        return tuple(dict.fromkeys(s for _, c in self.programs() for s in c.grid.seed_values))
 
     @property
     def lrs(self) -> tuple[float, ...]:
         """The learning rates of the study: its own, or every program's in order of first use."""
-        if self.grid.lrs is not None:
+        if not self.grid.programs and self.grid.lrs is not None:
             return self.grid.lrs
         return tuple(dict.fromkeys(lr for _, c in self.programs() for lr in c.lrs))
 
     @property
     def num_models(self) -> int:
-        return sum(c.grid.seeds * len(c.grid.inputs) * len(c.lrs) * len(c.grid.init_scales) for _, c in self.programs())
+        return sum(c.grid.seeds * math.prod(len(v) for _, v in c.numeric_axes()) for _, c in self.programs())
 
     def to_dict(self) -> dict[str, Any]:
         raw = {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}

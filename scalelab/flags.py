@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from scalelab.config import OPTIMIZER_OPTIONS, STATIC_AXES, RunConfig
+from scalelab.config import OPTIMIZER_OPTIONS, STATIC_AXES, Program, RunConfig, static_part
 from scalelab.errors import UsageError
 
 Overrides = dict[str, dict[str, Any]]  # {section: {field: value}}, config.json's layout
@@ -55,9 +55,9 @@ def config_flags(defaults: RunConfig | None = None) -> Iterator[Flag]:
     for section in dataclasses.fields(RunConfig):
         values = getattr(defaults, section.name)
         for f in dataclasses.fields(values):
-            if f.metadata.get("cli") is False:
-                continue
             meta = {**f.metadata, **(OPTIMIZER_OPTIONS.get(f.name, {}) if section.name == "optimizer" else {})}
+            if meta.get("cli") is False:
+                continue
             default = getattr(values, f.name)
             parse = meta.get("parse") or (type(default) if isinstance(default, int | float | str) else str)
             yield Flag(section.name, f.name, meta.get("flag") or "--" + f.name.replace("_", "-"),
@@ -138,15 +138,24 @@ def apply(base: RunConfig, overrides: Mapping[str, Mapping[str, Any]]) -> RunCon
     """
     overrides = merge(overrides)
     if "programs" not in overrides.get("grid", {}):
-        varied = {name for program in base.grid.programs for name, _ in program}
-        single = {f"{s}.{f}" for s, fields in overrides.items() for f in fields} & varied
-        if single:  # one value for all: the field leaves the programs, and those it told apart merge
-            programs = tuple(dict.fromkeys(tuple((k, v) for k, v in p if k not in single) for p in base.grid.programs))
-            overrides.setdefault("grid", {})["programs"] = programs if any(programs) else ()
+        programs = _without_fields(base.grid.programs, {f"{s}.{f}" for s, fields in overrides.items() for f in fields})
+        if programs != base.grid.programs:
+            overrides.setdefault("grid", {})["programs"] = programs
     curvature = overrides.get("curvature", {})
     if curvature and "enabled" not in curvature and not base.curvature.enabled:
         curvature["enabled"] = True
     return RunConfig.from_dict(overrides, base, source="the command line")
+
+
+def _without_fields(programs: tuple[Program, ...], given: set[str]) -> tuple[Program, ...]:
+    """``programs`` less the fields given one value for all; programs they told apart merge (the first
+    one's own numeric values win); no programs at all once no static field is left to tell them apart."""
+    if {"grid.seeds", "grid.seed_list"} & given:  # either flag chooses every program's seeds
+        given = given | {"grid.seeds", "grid.seed_list"}
+    kept = [tuple((k, v) for k, v in p if k not in given) for p in programs]
+    merged = {static_part(p): p for p in reversed(kept)}  # reversed: the first program with its static part wins
+    out = tuple(merged[static_part(p)] for p in dict.fromkeys(static_part(p) for p in kept))
+    return out if any(static_part(p) for p in out) else ()
 
 
 def describe(overrides: Mapping[str, Mapping[str, Any]]) -> str:

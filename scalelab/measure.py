@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -80,9 +80,10 @@ def measure_model(
     if optimizer.name in ADAM_LIKE:
         n = sum(x.size for x in jax.tree.leaves(params))
         v0 = jax.random.normal(jax.random.fold_in(key, 1), (n,), jnp.float32)
+        eps: Any = optimizer.eps if hypers.eps is None else hypers.eps  # the model's own on an eps axis
         adam = curv.adam_preconditioned_sharpness(
             hvp, params, state.opt_state, v0, settings.lanczos_steps, include_bias_correction=True,
-            k=1, b1=optimizer.b1, b2=optimizer.b2, eps=optimizer.eps if hypers.eps is None else hypers.eps,
+            k=1, b1=optimizer.b1, b2=optimizer.b2, eps=eps,
         )  # fmt: skip
         # Adam's preconditioner needs at least one update (its bias correction divides by 1 - b2^t).
         started = curv.find_adam_state(state.opt_state).count > 0

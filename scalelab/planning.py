@@ -2,15 +2,17 @@
 
 ``plan_grid`` turns a ``RunConfig`` and a dataset into a ``GridPlan``: the compiled program's
 static parts (``grid.Program``), the grid's named axes and models (``scalelab.schema``), the
-vmapped constants of every variant (input transform and learning rate) and the uint8 arrays.
+vmapped constants of every variant (input transform, learning rate, ...) and the uint8 arrays.
 ``split_chunks`` (in ``grid``) and the memory estimate here decide how many models train at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import numpy as np
@@ -50,8 +52,7 @@ class GridPlan:
     @property
     def init_scales(self) -> np.ndarray:
         """Each variant's multiplier of its initial kernels (V,)."""
-        per_setting = len(self.config.grid.inputs) * len(self.config.lrs)
-        return np.tile(np.asarray(self.config.grid.init_scales, np.float32), per_setting)
+        return np.asarray([v.get("init_scale", 1.0) for v in variants(self.config)], np.float32)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -80,18 +81,33 @@ def prepare_arrays(dataset, config: RunConfig):
     return train_x, train_y, test_x, test_y
 
 
+def variants(config: RunConfig) -> list[dict[str, Any]]:
+    """Every variant of a single-program config: {axis: value} over its numeric axes, the last fastest."""
+    axes = config.numeric_axes()
+    return [dict(zip([n for n, _ in axes], values, strict=True)) for values in itertools.product(*(v for _, v in axes))]
+
+
 def variant_hypers(config: RunConfig, train_x: np.ndarray, fitted: dict[str, AffineConstants] | None = None) -> Hypers:
-    """The vmapped constants of every variant (transform x lr x init scale, the last fastest), axis V.
+    """The vmapped constants of every variant (``variants``: transform x lr x ... x init scale), axis V.
 
     ``fitted``: transforms already fitted to ``train_x`` by name (a study's programs share them).
+    Hypers.eps / weight_decay are set only where the grid varies them (else None: the program's own).
     """
-    fitted = fitted or {}
-    constants = [fitted.get(name) or fit_affine(parse_transform(name), train_x) for name in config.grid.inputs]
-    per_variant = [(c, lr) for c in constants for lr in config.lrs for _ in config.grid.init_scales]
+    fitted = dict(fitted or {})
+    for name in config.grid.inputs:
+        fitted.setdefault(name, fit_affine(parse_transform(name), train_x))
+    per_variant = variants(config)
+
+    def column(axis: str) -> np.ndarray | None:
+        present = any(axis in v for v in per_variant)
+        return np.asarray([v[axis] for v in per_variant], np.float32) if present else None
+
     return Hypers(
-        shift=np.stack([c.shift for c, _ in per_variant]),  # type: ignore[arg-type]
-        scale=np.stack([c.scale for c, _ in per_variant]),  # type: ignore[arg-type]
-        lr=np.asarray([lr for _, lr in per_variant], np.float32),  # type: ignore[arg-type]
+        shift=np.stack([fitted[v["inputs"]].shift for v in per_variant]),  # type: ignore[arg-type]
+        scale=np.stack([fitted[v["inputs"]].scale for v in per_variant]),  # type: ignore[arg-type]
+        lr=column("lr"),  # type: ignore[arg-type]
+        eps=column("eps"),  # type: ignore[arg-type]
+        weight_decay=column("weight_decay"),  # type: ignore[arg-type]
     )
 
 
@@ -124,7 +140,7 @@ def plan_study(config: RunConfig, dataset, models_per_block: int | None = None) 
     """Every program of ``config`` planned against ``dataset``, the input transforms fitted once."""
     axes, models = grid_axes(config), study_models(config)
     train_x = prepare_arrays(dataset, config)[0]
-    fitted = {name: fit_affine(parse_transform(name), train_x) for name in config.grid.inputs}
+    fitted = {name: fit_affine(parse_transform(name), train_x) for name in dict(config.numeric_axes())["inputs"]}
     grids, start = [], 0
     for _, single in config.programs():
         count = single.num_models

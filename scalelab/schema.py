@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from scalelab.config import STATIC_AXES, RunConfig
+from scalelab.config import STATIC_AXES, RunConfig, static_part
 from scalelab.errors import ScalelabError
 
 SEED = "seed"
@@ -50,7 +50,7 @@ def static_axes(config: RunConfig) -> tuple[Axis, ...]:
     """One axis per static field the study's programs vary (``grid.programs``), in their order."""
     if not config.grid.programs:
         return ()
-    fields = [name for name, _ in config.grid.programs[0]]
+    fields = [name for name, _ in static_part(config.grid.programs[0])]
     axes = []
     for name in fields:
         values = tuple(dict.fromkeys(axis_value(name, dict(p)[name]) for p in config.grid.programs))
@@ -59,21 +59,17 @@ def static_axes(config: RunConfig) -> tuple[Axis, ...]:
 
 
 def grid_axes(config: RunConfig) -> tuple[Axis, ...]:
-    """The axes of ``config``'s study: its static axes, then seed, inputs, lr and, when it has more
-    than the default 1, the init scale."""
+    """The axes of ``config``'s study: its static axes, then seed, inputs, lr and the other numeric
+    axes it varies (eps, weight_decay; init_scale unless it is the default 1), the last fastest."""
     return (
         *static_axes(config),
-        Axis(SEED, config.grid.seed_values, int),
-        Axis("inputs", config.grid.inputs, str),
-        Axis("lr", tuple(float(lr) for lr in config.lrs), float),
-        *init_scale_axis(config),
-    )
+        Axis(SEED, config.seed_values, int),
+        *(Axis(name, values if name == "inputs" else tuple(map(float, values)), NUMERIC_KINDS[name])
+          for name, values in config.numeric_axes()),
+    )  # fmt: skip
 
 
-def init_scale_axis(config: RunConfig) -> tuple[Axis, ...]:
-    # Absent at the default (1,): the tables of a run that never scaled its init stay as they were.
-    scales = config.grid.init_scales
-    return () if scales == (1.0,) else (Axis("init_scale", scales, float),)
+NUMERIC_KINDS = {"inputs": str, "lr": float, "eps": float, "weight_decay": float, "init_scale": float}
 
 
 def study_models(config: RunConfig) -> list[ModelId]:
@@ -84,7 +80,7 @@ def study_models(config: RunConfig) -> list[ModelId]:
     """
     models: list[ModelId] = []
     for program, single in config.programs():
-        static = tuple((STATIC_AXES[name], axis_value(name, value)) for name, value in program)
+        static = tuple((STATIC_AXES[name], axis_value(name, value)) for name, value in static_part(program))
         names = [a.name for a in grid_axes(single)]
         for values in itertools.product(*(a.values for a in grid_axes(single))):
             models.append(ModelId(len(models), static + tuple(zip(names, values, strict=True))))

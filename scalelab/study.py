@@ -191,15 +191,16 @@ def default_out(name: str) -> Path:
 
 def describe(config: RunConfig) -> str:
     """One line: the grid's size and axes, the network and how it trains."""
+    numeric = " x ".join(f"{len(values)} {name}" for name, values in config.numeric_axes())
     if config.grid.programs:
         axes = ", ".join(f"{a.name} {'/'.join(map(str, a.values))}" for a in static_axes(config))
         return (
-            f"{config.num_models} models ({len(config.grid.programs)} programs: {axes}; each {config.grid.seeds} "
-            f"seeds x {len(config.grid.inputs)} inputs x lr), {config.train.epochs} epochs"
+            f"{config.num_models} models ({len(config.grid.programs)} programs: {axes}; each up to "
+            f"{len(config.seed_values)} seeds x {numeric}), {config.train.epochs} epochs"
         )
     hidden = "-".join(str(w) for w in config.model.hidden)
     return (
-        f"{config.num_models} models ({config.grid.seeds} seeds x {len(config.grid.inputs)} inputs x "
-        f"{len(config.lrs)} lr), MLP {hidden} {config.model.activation}, {config.train.loss}, "
+        f"{config.num_models} models ({config.grid.seeds} seeds x {numeric}), MLP {hidden} "
+        f"{config.model.activation}, {config.train.loss}, "
         f"{config.optimizer.name}, batch {config.train.batch_size}, {config.train.epochs} epochs"
     )

@@ -1,4 +1,5 @@
-"""Numeric axes beside inputs and lr: the init scale (vmapped, applied to the initial weights)."""
+"""Numeric axes beside inputs and lr: the init scale (applied to the initial weights), Adam's eps and
+AdamW's weight decay (vmapped), and a program's own inputs and seeds."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from experiments import scale_grid
 from scalelab import study
 from scalelab.config import CurvatureConfig, DataConfig, GridConfig, ModelConfig, OutputConfig, RunConfig, TrainConfig
 from scalelab.data import load_dataset
+from scalelab.optim import OptimizerConfig
 from scalelab.planning import plan_grid
 from scalelab.schema import grid_axes
 
@@ -76,3 +78,73 @@ def test_an_init_scale_axis_multiplies_the_models_and_resumes(idx_folder, tmp_pa
     study.run(longer, tmp_path / "run", resume=True, progress=False)
     straight = study.run(longer, tmp_path / "straight", progress=False)
     assert (tmp_path / "run" / "metrics.csv").read_bytes() == (straight.path / "metrics.csv").read_bytes()
+
+
+def optimizer_config(folder, name: str, inputs, **axis) -> RunConfig:
+    cfg = config(folder, inputs=inputs)
+    curvature = CurvatureConfig(enabled=True, examples=32, lanczos_steps=4, density_probes=0)
+    grid = dataclasses.replace(cfg.grid, **axis)
+    return dataclasses.replace(cfg, optimizer=OptimizerConfig(name=name), grid=grid, curvature=curvature)
+
+
+@pytest.mark.parametrize(
+    ("name", "axis", "field", "values"),
+    [("adam", "eps", "epsilons", (1e-7, 0.5)), ("adamw", "weight_decay", "weight_decays", (0.0, 20.0))],
+)
+def test_an_optimizer_axis_trains_each_model_as_it_would_with_that_value_alone(
+    idx_folder, tmp_path, name, axis, field, values
+):
+    # eps 0.5 (against sqrt(v) ~ |g|) and weight decay 20 (2% a step at lr 1e-3) change the trajectory
+    # visibly, so a model trained with its neighbour's value would fail the comparison.
+    cfg = optimizer_config(idx_folder, name, inputs=("/255", "zscore"), **{field: values})
+    run = study.run(cfg, tmp_path / "grid", progress=False)
+    assert [a.name for a in run.axes] == ["seed", "inputs", "lr", axis] and cfg.num_models == 4
+    rows = {(r["inputs"], r[axis]): r for r in run.metrics()}
+    curvature = {(r["inputs"], r[axis]): r for r in run.curvature() if r["epoch"] == 1}
+    assert set(rows) == {(i, v) for i in ("/255", "zscore") for v in values}
+    for value in values:
+        opt = dataclasses.replace(cfg.optimizer, **{"eps" if axis == "eps" else axis: value})
+        alone = study.run(dataclasses.replace(cfg, optimizer=opt, grid=dataclasses.replace(cfg.grid, **{field: None})),
+                          tmp_path / f"alone-{value}", progress=False)  # fmt: skip
+        for row in alone.metrics():
+            for column in ("train_loss", "test_loss", "grad_norm"):
+                np.testing.assert_allclose(rows[(row["inputs"], value)][column], row[column], rtol=2e-4)
+        for row in (r for r in alone.curvature() if r["epoch"] == 1):
+            got = curvature[(row["inputs"], value)]
+            np.testing.assert_allclose(got["top_eig_1"], row["top_eig_1"], rtol=2e-3)
+            np.testing.assert_allclose(got["adam_sharpness"], row["adam_sharpness"], rtol=2e-3)
+    eps_or_decay = [rows[("/255", v)]["test_loss"] for v in values]
+    assert abs(eps_or_decay[0] - eps_or_decay[1]) > 1e-3  # the axis changes the training
+
+
+def test_one_eps_or_weight_decay_is_the_optimizers_own_and_adds_no_axis():
+    cfg = RunConfig(optimizer=OptimizerConfig(name="adamw"), grid=GridConfig(epsilons=(1e-3,), weight_decays=(0.1,)))
+    assert (cfg.optimizer.eps, cfg.optimizer.weight_decay) == (1e-3, 0.1)
+    assert cfg.grid.epsilons is None and cfg.grid.weight_decays is None
+    assert [a.name for a in grid_axes(cfg)] == ["seed", "inputs", "lr"]
+
+
+def test_eps_and_weight_decay_flags_are_axes_only_with_several_values():
+    cfg = scale_grid.config_from_args(
+        scale_grid.build_parser().parse_args(
+            ["--quick", "--optimizer", "adamw", "--eps", "1e-7,1e-3", "--weight-decay", "0.1"]
+        ),
+        RunConfig(), scale_grid.QUICK,
+    )  # fmt: skip
+    assert cfg.grid.epsilons == (1e-7, 1e-3) and cfg.optimizer.weight_decay == 0.1
+    assert [a.name for a in grid_axes(cfg)][-1] == "eps"
+    assert cfg.num_models == 2 * 3 * 2  # QUICK: 2 seeds x 3 inputs, times 2 eps
+
+
+def test_a_program_may_run_on_its_own_inputs_and_seeds(idx_folder, tmp_path):
+    programs = (
+        {"train.loss": "keras-ce"},
+        {"train.loss": "ce", "grid.inputs": ["/1"], "grid.seeds": 1},
+    )
+    cfg = dataclasses.replace(config(idx_folder), grid=GridConfig(inputs=("/1", "/255"), seeds=2, programs=programs))
+    assert cfg.num_models == 2 * 2 + 1
+    run = study.run(cfg, tmp_path / "run", progress=False)
+    got = sorted((r["loss_name"], r["inputs"], r["seed"]) for r in run.metrics())
+    want = sorted([("keras-ce", i, s) for i in ("/1", "/255") for s in (0, 1)] + [("ce", "/1", 0)])
+    assert got == want
+    assert [a.name for a in run.axes] == ["loss_name", "seed", "inputs", "lr"]
