@@ -31,27 +31,41 @@ def slow_idx(tmp_path):
     return write_idx_folder(tmp_path / "idx", num_train=3000, num_test=200)
 
 
-def _checkpoint_epoch(run: Path):
+def _checkpoint_position(run: Path) -> tuple[int, int] | None:
+    """(next chunk, next epoch) of the newest checkpoint; chunks run program by program."""
     try:
         with np.load(run / "checkpoint.npz") as npz:
-            return json.loads(npz["meta"].tobytes().decode())["epoch"]
+            meta = json.loads(npz["meta"].tobytes().decode())
+            return meta["chunk"], meta["epoch"]
     except Exception:  # not written yet, or being replaced right now
         return None
 
 
-def test_sigkill_then_resume_gives_bit_identical_metrics(slow_idx, tmp_path):
+def _checkpoint_epoch(run: Path) -> int | None:
+    position = _checkpoint_position(run)
+    return None if position is None else position[1]
+
+
+# One program killed after its second epoch; two programs (relu, tanh) killed inside the second.
+KILLS = {"one-program": ([], (0, 2)), "two-programs": (["--activation", "relu,tanh", "--epochs", "4"], (1, 1))}
+
+
+@pytest.mark.parametrize("kill", KILLS, ids=list(KILLS))
+def test_sigkill_then_resume_gives_bit_identical_metrics(slow_idx, tmp_path, kill):
+    extra, position = KILLS[kill]
+    flags = [*FLAGS, *extra, "--data-dir", slow_idx]
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    subprocess.run(_cli(*FLAGS, "--data-dir", slow_idx, "--out", reference), check=True, cwd=ROOT, env=env)
+    subprocess.run(_cli(*flags, "--out", reference), check=True, cwd=ROOT, env=env)
 
-    proc = subprocess.Popen(_cli(*FLAGS, "--data-dir", slow_idx, "--out", killed), cwd=ROOT, env=env)
+    proc = subprocess.Popen(_cli(*flags, "--out", killed), cwd=ROOT, env=env)
     deadline = time.time() + 120
-    while (_checkpoint_epoch(killed) or 0) < 2 and proc.poll() is None and time.time() < deadline:
+    while (_checkpoint_position(killed) or (0, 0)) < position and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert json.loads((killed / "status.json").read_text())["state"] == "running", "the run ended before the kill"
-    assert 2 <= _checkpoint_epoch(killed) < 6
+    assert _checkpoint_position(killed) >= position
 
     subprocess.run(_cli("--resume", killed, "--no-progress"), check=True, cwd=ROOT, env=env)
     assert (killed / "metrics.csv").read_bytes() == (reference / "metrics.csv").read_bytes()
