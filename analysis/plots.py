@@ -549,6 +549,10 @@ def build_figures(data: RunData) -> dict[str, Figure]:
     if data.spectrum and data.spectrum.get("models"):
         figures["spectral_density"] = plot_spectra(data.spectrum, data.axes)
     figures["grad_norms"] = plot_grad_norms(data.metrics, data.axes, data.curvature)
+    from analysis import heatmaps  # it draws with this module's helpers
+
+    for (x, y), panels in heatmaps.heatmap_panels(data.metrics, data.axes, data.config).items():
+        figures[f"heatmap_{x}_{y}"] = heatmaps.plot_heatmap(panels)
     return figures
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis import plots
+from analysis import answer_plots, heatmaps, mechanism, plots, questions
 from analysis.plots import INPUTS, Key, RunData, Settings, divisor_of, num, usable, value_text
 from scalelab.losses import KERAS_EPSILON
 from scalelab.results import atomic_write_text
@@ -52,6 +52,13 @@ CAPTIONS = {
     "sharpness": "Top Hessian eigenvalue and Adam's preconditioned sharpness against the step, with thresholds.",
     "spectral_density": "Hessian eigenvalue density at initialisation.",
     "grad_norms": "Gradient norms per epoch and per measurement step.",
+    "headline": "Every arm on raw pixels against the step: the clip's share, the gradient norm, the top eigenvalue "
+    "and the loss (zeros drawn on the symlog axes, hollow circles where a median is exactly 0).",
+    "q2_pace": "/1000 against /255: test loss per seed and the paired difference per epoch with its 95% t interval.",
+    "arms": "Final test accuracy of every arm at /1 and /255, one dot per seed.",
+    "arms_epochs": "Test accuracy per epoch of every arm at /1 and /255.",
+    "widths": "Final test accuracy and single-class predictions against the hidden width.",
+    "hyperplanes": "First-layer hyperplanes at init: the share that cuts the data cloud and their distance from it.",
 }
 
 
@@ -148,7 +155,7 @@ def sharpness_findings(curvature, settings: Settings) -> list[dict[str, Any]]:
     return out
 
 
-def compute_findings(data: RunData) -> dict[str, Any]:
+def compute_findings(data: RunData, hyperplanes: dict[int, dict[str, float]] | None = None) -> dict[str, Any]:
     """Everything the report states, as numbers; None where the run has not the data for it.
 
     Results are keyed by setting (``plots.Settings`` of the run's axes); ``at`` is the setting of the
@@ -179,6 +186,28 @@ def compute_findings(data: RunData) -> dict[str, Any]:
         "centred": [k for k in compared if divisor[k] is None],
         "sharpness": sharpness_findings(curvature, settings),
         "has_curvature": bool(curvature),
+        "heatmaps": heatmaps.heatmap_sections(data.metrics, data.axes, data.config),
+        **row_sets(data, hyperplanes),
+    }
+
+
+def row_sets(data: RunData, hyperplanes: dict[int, dict[str, float]] | None) -> dict[str, Any]:
+    """The rows the questions read (``analysis.questions.values``): each model's final metrics row,
+    its row at every epoch (``epoch1``, ...), its curvature rows at init (``step0``), after epoch 1
+    (``epoch_end1``) and at its last measurement (``last_rows``); and the hyperplanes at init by model."""
+    curvature = data.curvature or []
+    epochs = sorted({int(r["epoch"]) for r in data.metrics})
+    return {
+        "metrics": data.metrics,
+        "curvature": curvature,
+        "final_rows": plots.final_models(data.metrics),
+        **{f"epoch{e}": [r for r in data.metrics if r["epoch"] == e] for e in epochs},
+        "step0": plots.step0_rows(curvature),
+        "epoch_end1": [r for r in curvature if r["epoch"] == 1.0 and not r.get("skipped")],
+        "last_rows": last_rows(curvature),
+        "hyperplanes": hyperplanes,
+        "examples": data.config.get("curvature", {}).get("examples", 0),
+        "epochs": max(epochs),
     }
 
 
@@ -225,10 +254,13 @@ def setup_sentence(f) -> str:
         return f"{axis.name} {', '.join(value_text(axis, v) for v in settings.values(f['finals'], axis.name))}; "
 
     others = "".join(listing(a) for a in settings.without(INPUTS).axes)
+    optimiser = "" if "optimizer" in settings.names else f"optimiser {opt.get('name', '?')}; "
+    loss = "" if "loss_name" in settings.names else f"loss {train.get('loss', '?')}; "
+    seeds = f"{'up to ' if grid.get('programs') else ''}{grid.get('seeds', '?')} seeds"
     return (
         f"{models} models: {listing(settings.axes[settings.names.index(INPUTS)])}"
-        f"{grid.get('seeds', '?')} seeds; {train.get('epochs', '?')} epochs; optimiser {opt.get('name', '?')}; "
-        f"{others}loss {train.get('loss', '?')}; data {c.get('data', {}).get('name', '?')}. "
+        f"{seeds}; {f['epochs']} epochs; {optimiser}"
+        f"{others}{loss}data {c.get('data', {}).get('name', '?')}. "
         "Means and ranges are over seeds."
     )
 
@@ -379,8 +411,12 @@ def slow_sentences(f) -> list[str]:
 
 def sharpness_sentences(f) -> list[str]:
     """Per setting: the sharpness' peak and how often it is above each stability threshold."""
-    out, keys = [], [e["key"] for e in f["sharpness"]]
-    for entry in f["sharpness"]:
+    settings = f["settings"]
+    static = Settings(tuple(a for a in settings.axes if not heatmaps.is_numeric(a)))
+    at = settings.project(f["ref"], static) if f["ref"] else ()
+    compared = [e for e in f["sharpness"] if settings.project(e["key"], static) == at]
+    out, keys = [], [e["key"] for e in compared]
+    for entry in compared:
         name = f["settings"].label(entry["key"], keys)
         text = f"{name}: the top Hessian eigenvalue peaks at {num(entry['top'])} (step {entry['top_step']})"
         if "sgd" in entry:
@@ -442,8 +478,63 @@ def final_table(f) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+METHOD = (
+    "How to read it: a seed fixes the initial weights (shared by every arm of the same shapes and every "
+    "transform) and the minibatch order (shared by all), so two arms or transforms are compared paired by "
+    "seed: the mean difference with its 95% Student-t interval over the seeds both have. A difference is "
+    "called one only when its interval excludes 0; a question the run has no arm for says so."
+)
+
+
+def question_blocks(f: dict[str, Any], figure_names) -> list[tuple]:
+    """One section per question: its heading in the posts' words, its sentences, its figure."""
+    blocks: list[tuple] = []
+    for answer in questions.answers(f):
+        blocks += [("h2", f"{answer.key}. {answer.question}")] + [("p", s) for s in answer.sentences]
+        supported = not all(s.startswith(questions.NOT_SUPPORTED) for s in answer.sentences)
+        if supported and answer.figure in figure_names:
+            blocks.append(("figure", answer.figure))
+    return blocks
+
+
+def arms_table(f: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Which arm of the run answers which question, with where it ran and its seeds."""
+    rows = []
+    for arm in answer_plots.study_arms(f):
+        where = [t for t in (questions.RAW, questions.STANDARD, questions.SMALL, *questions.CENTRED)
+                 if questions.has(f, arm, t)]  # fmt: skip
+        seeds = max(len(questions.values(f, arm, t, "test_acc")) for t in where)
+        rows.append([arm.name, ", ".join(where), str(seeds), ARM_QUESTIONS.get(arm.name, "Q5")])
+    return ["arm", "input transforms", "seeds", "answers"], rows
+
+
+ARM_QUESTIONS = {
+    questions.BASE_ARM.name: "Q1, Q2, Q6; the reference of every comparison",
+    questions.CE_ARM.name: "Q1, Q3",
+    questions.SIGMOID_ARM.name: "Q3, Q4",
+    questions.SGD_ARM.name: "Q4",
+    questions.BUNDLE_ARM.name: "Q4",
+}
+
+
 def report_blocks(f: dict[str, Any], figure_names) -> list[tuple]:
     """The report as ('h1'|'h2'|'p', text), ('table', header, rows) and ('figure', name) blocks."""
+    blocks: list[tuple] = [
+        ("h1", "Why input scale matters: the posts' questions, answered by this run"),
+        ("p", setup_sentence(f)),
+        ("p", METHOD),
+    ]
+    if f["final_rows"] and answer_plots.study_arms(f):
+        blocks.append(("table", *arms_table(f)))
+    if "headline" in figure_names:
+        blocks.append(("figure", "headline"))
+    blocks += question_blocks(f, figure_names)
+    shown = {b[1] for b in blocks if b[0] == "figure"}
+    return blocks + detail_blocks(f, [n for n in figure_names if n not in shown])
+
+
+def detail_blocks(f: dict[str, Any], figure_names) -> list[tuple]:
+    """Every setting's numbers, then the per-transform findings of the posts' network and the heatmaps."""
     largest, ref, slow = (transform(f, k) if k else "" for k in (f["largest_pixels"], f["ref"], f["slow"]))
     sections = [
         ("Final loss and accuracy per input transform", final_sentences(f), ["loss_curves", "final_vs_divisor"]),
@@ -452,12 +543,9 @@ def report_blocks(f: dict[str, Any], figure_names) -> list[tuple]:
         (f"{slow} against {ref}", slow_sentences(f), ["grad_norms"]),
         ("Sharpness against the stability thresholds", sharpness_sentences(f), ["sharpness", "spectral_density"]),
         (f"Centred inputs against {ref}", centred_sentences(f), []),
+        *f["heatmaps"],
     ]
-    blocks: list[tuple] = [
-        ("h1", "Why input scale matters: findings of this run"),
-        ("p", setup_sentence(f)),
-        ("table", *final_table(f)),
-    ]
+    blocks: list[tuple] = [("h2", "Details: every setting"), ("table", *final_table(f))]
     if not f["has_curvature"]:
         blocks.append(
             ("p", "This run has no curvature.csv, so the initialisation and curvature findings are left out.")
@@ -467,6 +555,12 @@ def report_blocks(f: dict[str, Any], figure_names) -> list[tuple]:
         if sentences or shown:
             blocks += [("h2", title)] + [("p", s) for s in sentences] + [("figure", n) for n in shown]
     return blocks
+
+
+def caption(name: str) -> str:
+    if name.startswith("heatmap_"):
+        return "Median final test loss per cell of two numeric axes, the trainable boundary and the predicted line."
+    return CAPTIONS.get(name, name)
 
 
 def render_markdown(f: dict[str, Any], figure_names) -> str:
@@ -481,7 +575,7 @@ def render_markdown(f: dict[str, Any], figure_names) -> str:
             lines += ["| " + " | ".join(block[1]) + " |", "|" + "---|" * len(block[1])]
             lines += ["| " + " | ".join(row) + " |" for row in block[2]] + [""]
         else:
-            lines += [f"![{CAPTIONS.get(block[1], block[1])}](figures/{block[1]}.png)", ""]
+            lines += [f"![{caption(block[1])}](figures/{block[1]}.png)", ""]
     return "\n".join(lines)
 
 
@@ -498,10 +592,9 @@ def render_html(f: dict[str, Any], figure_pngs: dict[str, bytes]) -> str:
             body.append(f"<table><tr>{head}</tr>{rows}</table>")
         else:
             data = base64.b64encode(figure_pngs[block[1]]).decode()
-            caption = esc(CAPTIONS.get(block[1], block[1]))
+            text = esc(caption(block[1]))
             body.append(
-                f'<figure><img src="data:image/png;base64,{data}" alt="{caption}">'
-                f"<figcaption>{caption}</figcaption></figure>"
+                f'<figure><img src="data:image/png;base64,{data}" alt="{text}"><figcaption>{text}</figcaption></figure>'
             )
     style = (
         "body{font-family:sans-serif;max-width:70em;margin:auto;padding:1em}img{max-width:100%}"
@@ -516,9 +609,10 @@ def render_html(f: dict[str, Any], figure_pngs: dict[str, bytes]) -> str:
 def write_report(run_dir: Path) -> list[Path]:
     """Writes the figures, report.md and report.html; returns every path written."""
     data = plots.load_run(run_dir)
-    written = plots.save_figures(plots.build_figures(data), data.path / "figures")
+    findings = compute_findings(data, mechanism.ensure(data.path))
+    figures = {**plots.build_figures(data), **answer_plots.answer_figures(findings)}
+    written = plots.save_figures(figures, data.path / "figures")
     pngs = {p.stem: p.read_bytes() for p in written if p.suffix == ".png"}
-    findings = compute_findings(data)
     md, page = data.path / "report.md", data.path / "report.html"
     atomic_write_text(md, render_markdown(findings, pngs))
     atomic_write_text(page, render_html(findings, pngs))

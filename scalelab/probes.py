@@ -116,3 +116,26 @@ def unit_probes(
         preact_mean=jnp.stack([jnp.mean(z) for z in zs]),
         preact_std=jnp.stack([jnp.std(z) for z in zs]),
     )
+
+
+class Hyperplanes(NamedTuple):
+    """The accepted answer's picture of one hidden layer, measured on a batch (``hyperplanes``)."""
+
+    cut_frac: jax.Array  # () share of units whose pre-activation takes both signs over the examples
+    distance: jax.Array  # (units,) |mean z| / std z: the hyperplane's distance from the data's centroid
+    # along the unit's normal, in units of the data's spread along it (inf where z is constant)
+
+
+def hyperplanes(z: jax.Array) -> Hyperplanes:
+    """``z``: (examples, units) pre-activations ``x W + b`` of one layer.
+
+    Unit j's hyperplane ``{x : x w_j + b_j = 0}`` *cuts the data cloud* when some example lies on
+    each side (``min z < 0 < max z``). Its distance from the centroid ``μ`` is ``|μ w_j + b_j| /
+    ||w_j||``; the cloud's spread along the normal is the std of ``x w_j / ||w_j||``; their ratio
+    is ``|mean z_j| / std z_j``, free of ``||w_j||`` and of any scale of the inputs: dividing the
+    pixels by C (with a zero bias) moves no hyperplane relative to the cloud.
+    """
+    cuts = jnp.any(z < 0, axis=0) & jnp.any(z > 0, axis=0)
+    mean, std = jnp.mean(z, axis=0), jnp.std(z, axis=0)
+    distance = jnp.where(std > 0, jnp.abs(mean) / jnp.where(std > 0, std, 1.0), jnp.inf)
+    return Hyperplanes(cut_frac=jnp.mean(cuts), distance=distance)

@@ -49,18 +49,37 @@ class RunSpec:
     spectrum: bool = True
     skipped_models: set[int] = field(default_factory=set)  # these models' curvature rows after init are skipped
     extra_axes: tuple[Axis, ...] = ()  # setting axes before inputs (e.g. activation); rows only, no directory
+    init_scales: tuple[float, ...] = (1.0,)  # an init_scale axis after lr when not (1,)
+    optimizer: str = "adam"
+    # Outcomes of particular cells: {(("inputs", "/1"), ("lr", 1e-4)): Outcome(...)} replaces the
+    # transform's outcome wherever the model has all of these values.
+    cells: dict[tuple[tuple[str, object], ...], Outcome] = field(default_factory=dict)
+    # grid.programs (the arms of a study, static fields and their own grid.inputs/seeds); with
+    # programs the models are schema.study_models' and the static axes multiply nothing.
+    programs: tuple[dict, ...] = ()
 
 
 MAX_STEP = RunSpec.epochs * RunSpec.steps_per_epoch  # the last measurement of a default spec
 
 
+def run_config(spec: RunSpec):
+    from scalelab.config import RunConfig
+
+    return RunConfig.from_dict(config_json(spec), source="synthetic")
+
+
 def spec_axes(spec: RunSpec) -> tuple[Axis, ...]:
-    """The grid's axes in schema order: seed, the extra axes, inputs, lr."""
+    """The grid's axes in schema order: seed, the extra axes, inputs, lr (with programs: the run's)."""
+    if spec.programs:
+        from scalelab.schema import grid_axes
+
+        return grid_axes(run_config(spec))
     return (
         Axis(SEED, tuple(range(spec.seeds)), int),
         *spec.extra_axes,
         Axis("inputs", tuple(spec.outcomes), str),
         Axis("lr", spec.lrs, float),
+        *((Axis("init_scale", spec.init_scales, float),) if spec.init_scales != (1.0,) else ()),
     )
 
 
@@ -74,16 +93,33 @@ def setting_factor(spec: RunSpec, model: ModelId) -> float:
     the first lr (or activation) exact, the second twice as large."""
     factor = 1.0
     for axis in spec_axes(spec):
+        if spec.programs and axis.kind is not float:
+            continue
         if axis.name not in (SEED, "inputs"):
             factor *= 1 + axis.values.index(model[axis.name])
     return factor
 
 
+def outcome_of(spec: RunSpec, model: ModelId) -> Outcome:
+    """The model's cell outcome (``spec.cells``) if one matches, else its transform's."""
+    names = dict(model.coords)
+    for coords, outcome in spec.cells.items():
+        if all(name in names and names[name] == value for name, value in coords):
+            return outcome
+    return spec.outcomes[model["inputs"]]
+
+
 def models(spec: RunSpec):
     """(model id, outcome, factor) in grid order; factor = seed factor x setting factor."""
-    for model in grid_models(spec_axes(spec)):
+    if spec.programs:
+        from scalelab.schema import study_models
+
+        every = study_models(run_config(spec))
+    else:
+        every = grid_models(spec_axes(spec))
+    for model in every:
         factor = seed_factor(model[SEED]) * setting_factor(spec, model)
-        yield model, spec.outcomes[model["inputs"]], factor
+        yield model, outcome_of(spec, model), factor
 
 
 def epoch_loss(o: Outcome, epoch: int, epochs: int) -> float:
@@ -194,15 +230,17 @@ def spectrum(spec: RunSpec) -> dict:
 
 
 def config_json(spec: RunSpec) -> dict:
-    """A version-1 config.json (read as it is) of the spec's grid."""
+    """A version-1 config.json (read as it is) of the spec's grid; version 2 with programs."""
+    grid = {"inputs": list(spec.outcomes), "seeds": spec.seeds, "lrs": list(spec.lrs),
+            "init_scales": list(spec.init_scales)}  # fmt: skip
     return {
         "schema_version": 1,
         "data": {"name": "synthetic"},
         "model": {"hidden": [8], "activation": "relu", "init": "glorot-uniform"},
-        "optimizer": {"name": "adam", "b1": 0.9, "b2": 0.999, "eps": 1e-07},
+        "optimizer": {"name": spec.optimizer, "b1": 0.9, "b2": 0.999, "eps": 1e-07},
         "train": {"loss": "keras-ce", "epochs": spec.epochs, "batch_size": 32, "patience": 0},
-        "grid": {"inputs": list(spec.outcomes), "seeds": spec.seeds, "lrs": list(spec.lrs)},
-        "curvature": {"every": spec.steps_per_epoch // 2, "top_k": TOP_K},
+        "grid": {**grid, "programs": list(spec.programs)} if spec.programs else grid,
+        "curvature": {"every": spec.steps_per_epoch // 2, "top_k": TOP_K, "examples": 256},
     }
 
 
@@ -215,7 +253,7 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
 
 def write_run(path: Path, spec: RunSpec) -> Path:
     """Writes config.json, metrics.csv, status.json and (if asked) curvature.csv and spectrum.json."""
-    if spec.extra_axes:
+    if spec.extra_axes and not spec.programs:
         raise ValueError("config.json cannot declare extra axes yet: use the rows (metrics_rows, ...) directly")
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(config_json(spec)))

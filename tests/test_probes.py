@@ -100,3 +100,24 @@ def test_vmapped_probes_equal_per_model_probes():
         single = _probe(model, params, batch, hypers=jax.tree.map(lambda a, i=i: a[i], stacked))
         for got, want in zip(jax.tree.leaves(batched), jax.tree.leaves(single), strict=True):
             np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-7)
+
+
+def test_hyperplanes_count_units_with_both_signs_and_measure_the_centroid_distance():
+    from scalelab.probes import hyperplanes
+
+    # unit 0 cuts (-1, 1, 3): mean 1, std sqrt(8/3); unit 1 is positive everywhere; unit 2 constant 0.
+    z = jnp.asarray([[-1.0, 1.0, 0.0], [1.0, 2.0, 0.0], [3.0, 3.0, 0.0]])
+    h = hyperplanes(z)
+    assert float(h.cut_frac) == pytest.approx(1 / 3)
+    np.testing.assert_allclose(np.asarray(h.distance[:2]), [1 / np.sqrt(8 / 3), 2 / np.sqrt(2 / 3)], rtol=1e-6)
+    assert np.isinf(np.asarray(h.distance[2]))
+
+
+def test_hyperplanes_do_not_move_when_the_inputs_are_divided():
+    from scalelab.probes import hyperplanes
+
+    rng = np.random.default_rng(0)
+    x, w = rng.uniform(0, 255, (64, 10)), rng.normal(size=(10, 7))
+    raw, small = hyperplanes(jnp.asarray(x @ w)), hyperplanes(jnp.asarray((x / 255) @ w))
+    assert float(raw.cut_frac) == float(small.cut_frac)
+    np.testing.assert_allclose(np.asarray(raw.distance), np.asarray(small.distance), rtol=1e-5)
