@@ -148,3 +148,8 @@ def test_a_program_may_run_on_its_own_inputs_and_seeds(idx_folder, tmp_path):
     want = sorted([("keras-ce", i, s) for i in ("/1", "/255") for s in (0, 1)] + [("ce", "/1", 0)])
     assert got == want
     assert [a.name for a in run.axes] == ["loss_name", "seed", "inputs", "lr"]
+    loss = run.to_xarray()["test_loss"].sel(epoch=1, lr=1e-3)  # the study's box; the models it lacks are NaN
+    assert np.isnan(loss.sel(loss_name="ce", inputs="/255")).all() and np.isnan(loss.sel(loss_name="ce", seed=1)).all()
+    assert (
+        np.isfinite(loss.sel(loss_name="ce", inputs="/1", seed=0)) and np.isfinite(loss.sel(loss_name="keras-ce")).all()
+    )
