@@ -78,7 +78,7 @@ HEADLINE = (
     ("clipped_wrong_frac", "share of examples in the clip's flat region\n(p(true class) < 1e-7)", "linear"),
     ("grad_norm", "gradient norm ||∇loss|| (symlog)", "symlog"),
     ("top_eig_1", "top Hessian eigenvalue (symlog)", "symlog"),
-    ("loss", "training loss on the measured examples (log)", "log"),
+    ("loss", "training loss on the measured examples\n(each arm's own loss: CE or MSE; log)", "log"),
 )
 
 
@@ -87,8 +87,8 @@ def plot_headline(f) -> Figure | None:
     norm, the top eigenvalue and the loss against the step, median over seeds."""
     if not f["curvature"]:
         return None
-    fig, axes = figure(2, "Raw pixels (/1), every arm: the clip flattens the landscape (median over seeds, band "
-                       "min..max)", nrows=2)  # fmt: skip
+    fig, axes = figure(2, "Raw pixels (/1), every arm: the clip's share, the gradient, the curvature and the loss "
+                       "(median over seeds, band min..max)", nrows=2)  # fmt: skip
     series = [(a, RAW, "-") for a in study_arms(f)] + [(BASE_ARM, STANDARD, "--")]
     cmap = _colors(len(series))
     for ax, (field, label, scale) in zip(axes, HEADLINE, strict=True):

@@ -266,11 +266,18 @@ def draw_band(ax: Axes, band: Band, label: str, color, marker: str | None = None
         ax.fill_between(band.x, band.low, band.high, color=color, alpha=0.2, linewidth=0)
 
 
-def draw_bands(ax: Axes, per_key: dict[Key, Band], series: Series, marker: str) -> None:
-    """Every series' band that has points, in series order (a log axis shows the positive ones)."""
+def draw_bands(ax: Axes, per_key: dict[Key, Band], series: Series, marker: str, log: bool = True) -> None:
+    """Every series' band that has points, in series order (a log axis shows the positive ones; on a
+    symlog axis, ``log=False``, zeros are drawn and an exact-0 median gets a hollow circle)."""
     for key in series.keys:
         if key in per_key:
-            draw_band(ax, positive(per_key[key]), series.label(key), series.color(key), marker=marker)
+            band = positive(per_key[key]) if log else per_key[key]
+            draw_band(ax, band, series.label(key), series.color(key), marker=marker)
+            zeros = band.median == 0
+            if not log and zeros.any():
+                ax.plot(band.x[zeros], band.median[zeros], linestyle="none", marker="o", markersize=8,
+                        markerfacecolor="none", markeredgecolor=series.color(key),
+                        label="median exactly 0")  # fmt: skip
 
 
 def draw_against_divisor(ax: Axes, points: dict[Key, Band], series: Series) -> None:
@@ -306,9 +313,38 @@ def draw_against_divisor(ax: Axes, points: dict[Key, Band], series: Series) -> N
 
 
 def legend(ax: Axes, fontsize: str = "small") -> None:
-    """A legend, when something was drawn (an empty one only warns)."""
+    """A legend outside the data (right of the axes), when something was drawn (an empty one only warns)."""
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=fontsize)
+        ax.legend(fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
+def figure_legend(fig: Figure, axes: Sequence[Axes], ncol: int = 4, fontsize: str = "small") -> None:
+    """One legend for the figure below its panels (outside every data area), each label once."""
+    seen: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(label, handle)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncol=ncol, fontsize=fontsize)
+
+
+def static_settings(settings: Settings) -> Settings:
+    """The static axes (those that change the compiled program: every axis that is neither the input
+    transform nor a float axis such as lr or init scale); figures facet by them."""
+    return Settings(tuple(a for a in settings.axes if a.name != INPUTS and a.kind is not float))
+
+
+def facets(settings: Settings, rows: Iterable[Mapping[str, Any]]) -> list[tuple[Key, list[Mapping[str, Any]]]]:
+    """(static key, its rows) per setting of the static axes, in order; one facet () without them."""
+    static = static_settings(settings)
+    rows = list(rows)
+    keys = static.ordered(settings.project(settings.key(r), static) for r in rows)
+    return [(k, [r for r in rows if settings.project(settings.key(r), static) == k]) for k in keys] or [((), rows)]
+
+
+def facet_title(settings: Settings, key: Key) -> str:
+    static = static_settings(settings)
+    return ", ".join(f"{a.name} {value_text(a, v)}" for a, v in zip(static.axes, key, strict=True))
 
 
 def new_figure(ncols: int, title: str, nrows: int = 1, width: float = 5.0) -> tuple[Figure, np.ndarray]:
@@ -329,6 +365,8 @@ def plot_loss_curves(metrics: Sequence[dict[str, Any]], axes: Sequence[Axis], lo
     """Train and test loss per epoch, one line per setting of ``axes`` (the run's grid axes): median
     and min..max band over seeds."""
     settings = Settings.of(axes)
+    if len(facets(settings, metrics)) > 1:
+        return plot_loss_facets(metrics, settings, loss_name)
     series = Series.of(settings, metrics)
     fig, panels = new_figure(2, f"Loss per epoch by {series.noun()} (line: median over seeds; band: min..max)")
     for ax, field in zip(panels, ("train_loss", "test_loss"), strict=True):
@@ -340,6 +378,44 @@ def plot_loss_curves(metrics: Sequence[dict[str, Any]], axes: Sequence[Axis], lo
         ax.set_title(f"{'Training' if field == 'train_loss' else 'Test'} loss")
         legend(ax, "small")
     return fig
+
+
+FACET_COLUMNS = 3
+
+
+def facet_grid(count: int, title: str, height: float = 3.2) -> tuple[Figure, np.ndarray]:
+    """``count`` panels, three to a row, at a width the report shows at 1280 px; spare panels hidden."""
+    nrows = math.ceil(count / FACET_COLUMNS)
+    fig = Figure(figsize=(12.5, height * nrows + 1.2), layout="constrained")
+    panels = np.atleast_1d(fig.subplots(nrows, FACET_COLUMNS, squeeze=False).ravel())
+    for ax in panels[count:]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    return fig, panels[:count]
+
+
+def plot_loss_facets(metrics: Sequence[dict[str, Any]], settings: Settings, loss_name: str) -> Figure:
+    """One panel per setting of the static axes (an arm): train (dashed) and test (solid) loss per
+    transform, median over seeds, min..max band on the test loss."""
+    groups = facets(settings, metrics)
+    fig, panels = facet_grid(len(groups), "Loss per epoch, one panel per program (solid: test, dashed: train; "
+                             "median over seeds, band min..max)")  # fmt: skip
+    for ax, (key, rows) in zip(panels, groups, strict=True):
+        series = Series.of(settings, rows)
+        draw_bands(ax, bands(rows, settings, "epoch", "test_loss"), series, "o")
+        for k, band in bands(rows, settings, "epoch", "train_loss").items():
+            ax.plot(band.x, band.median, color=series.color(k), linestyle="--", linewidth=1)
+        ax.set_yscale("log")
+        ax.set_title(facet_title(settings, key), fontsize="small")
+        ax.set(xlabel="epoch", ylabel=f"loss ({loss_unit(settings_loss(settings, key, loss_name))}), log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    figure_legend(fig, panels, ncol=5)
+    return fig
+
+
+def settings_loss(settings: Settings, key: Key, default: str) -> str:
+    static = static_settings(settings)
+    return str(static.value(key, "loss_name")) if "loss_name" in static.names else default
 
 
 def plot_final_vs_divisor(
@@ -382,9 +458,8 @@ def plot_init_diagnostics(curvature: Sequence[dict[str, Any]], axes: Sequence[Ax
     rows = step0_rows(curvature)
     series = Series.of(settings, rows)
     fields = [p for p in INIT_DIAGNOSTICS if any(usable(r, p[0]) for r in rows)]
-    fig, panels = new_figure(
-        max(len(fields), 1), "The network at initialisation (step 0) against the pixel divisor C", width=4.0
-    )
+    # Three panels to a row: five in one row are too small to read at 1280 px.
+    fig, panels = facet_grid(max(len(fields), 1), "The network at initialisation (step 0) against the pixel divisor C")
     for ax, (field, ylabel, scale) in zip(panels, fields, strict=False):
         draw_against_divisor(ax, point_bands(rows, settings, field), series)
         ax.set_yscale(scale)
@@ -392,7 +467,7 @@ def plot_init_diagnostics(curvature: Sequence[dict[str, Any]], axes: Sequence[Ax
             ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel(ylabel)
         ax.set_title(field)
-        legend(ax, "x-small")
+    figure_legend(fig, panels, ncol=4, fontsize="x-small")
     return fig
 
 
@@ -416,13 +491,29 @@ def draw_thresholds(ax: Axes, curvature: Sequence[dict[str, Any]], settings: Set
 def plot_sharpness(curvature: Sequence[dict[str, Any]], axes: Sequence[Axis]) -> Figure:
     """Top Hessian eigenvalue (solid) and Adam's preconditioned sharpness (dashed) against the step,
     median over seeds, one colour per setting, with the stability thresholds 2/lr (SGD) and
-    (2+2b1)/((1-b1) lr) (Adam)."""
+    (2+2b1)/((1-b1) lr) (Adam); one panel per program (setting of the static axes). Symlog axes, so
+    that a flat landscape (eigenvalue 0) is drawn; Adam's sharpness is undefined at step 0 (its
+    second moment is still 0), which the panel says."""
     settings = Settings.of(axes)
+    groups = facets(settings, curvature)
+    title = "Sharpness during training against the stability thresholds (median over seeds; symlog)"
+    if len(groups) > 1:
+        fig, panels = facet_grid(len(groups), title)
+    else:
+        fig, panels = new_figure(1, title, width=9.0)
+    for ax, (key, rows) in zip(panels, groups, strict=True):
+        draw_sharpness(ax, rows, settings)
+        if len(groups) > 1:
+            ax.set_title(facet_title(settings, key), fontsize="small")
+    if len(groups) > 1:
+        figure_legend(fig, panels, ncol=4, fontsize="x-small")
+    else:
+        legend(panels[0], "x-small")
+    return fig
+
+
+def draw_sharpness(ax: Axes, curvature: Sequence[dict[str, Any]], settings: Settings) -> None:
     series = Series.of(settings, curvature)
-    fig, panels = new_figure(
-        1, "Sharpness during training against the stability thresholds (median over seeds)", width=9.0
-    )
-    ax = panels[0]
     curves = [
         (bands(curvature, settings, "step", field), style, what)
         for field, style, what in (
@@ -433,16 +524,16 @@ def plot_sharpness(curvature: Sequence[dict[str, Any]], axes: Sequence[Axis]) ->
     for key in series.keys:
         for per_key, style, what in curves:
             if key in per_key:
-                x, y = positive(per_key[key])[:2]
+                x, y = per_key[key][:2]
                 ax.plot(
                     x, y, color=series.color(key), linestyle=style, marker=".", label=f"{series.label(key)}: {what}"
                 )
+    if any(usable(r, "adam_sharpness") for r in curvature):
+        ax.annotate("Adam's sharpness: undefined at step 0", (0.01, 0.01), xycoords="axes fraction", fontsize="x-small")
     draw_thresholds(ax, curvature, settings)
-    ax.set_yscale("log")
+    ax.set_yscale("symlog", linthresh=1e-2)
     ax.set_xlabel("optimiser step")
-    ax.set_ylabel("eigenvalue (loss / parameter², log scale)")
-    legend(ax, "x-small")
-    return fig
+    ax.set_ylabel("eigenvalue (loss / parameter², symlog)")
 
 
 def spectrum_models(spectrum: dict[str, Any], axes: Sequence[Axis], limit: int = MAX_SPECTRA) -> list[dict[str, Any]]:
@@ -522,13 +613,13 @@ def plot_grad_norms(
         len(sources), f"Gradient norm by {series.noun()} (line: median over seeds; band: min..max)"
     )
     for ax, (rows, x_field, xlabel, where) in zip(panels, sources, strict=True):
-        draw_bands(ax, bands(rows, settings, x_field, "grad_norm"), series, ".")
-        ax.set_yscale("log")
+        draw_bands(ax, bands(rows, settings, x_field, "grad_norm"), series, ".", log=False)
+        ax.set_yscale("symlog", linthresh=1e-3)
         ax.set_xlabel(xlabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("||∇loss||₂ (loss / parameter), log scale")
+        ax.set_ylabel("||∇loss||₂ (loss / parameter), symlog: 0 is drawn")
         ax.set_title(f"Gradient norm {where}")
-        legend(ax, "small")
+    figure_legend(fig, panels, ncol=4)
     return fig
 
 

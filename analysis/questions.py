@@ -131,8 +131,8 @@ def clip_sentences(f) -> list[str]:
     return [
         f"On the {f['examples']} measured training examples, the share whose true class gets p < 1e-7 (Keras' clip: "
         f"no gradient flows through it) is {pct(median(init))} at init and {pct(median(last))} at the last "
-        f"measurement (medians over seeds); the gradient norm there is {num(median(grad))}, exactly 0 for {zero} of "
-        f"{len(grad)} seeds."
+        f"measurement (medians over seeds); the gradient norm on those examples at the last measurement is "
+        f"{num(median(grad))} (median), exactly 0 for {zero} of {len(grad)} seeds."
     ]
 
 
@@ -207,6 +207,12 @@ def arm_effect(f, arm: Arm, inputs: str) -> str | None:
     )
 
 
+def helps(f, arm: Arm, inputs: str = RAW) -> bool:
+    """True when the arm's final test accuracy is above the posts' network's, interval excluding 0."""
+    d = compare(f, arm, inputs, BASE_ARM, inputs, "test_acc")
+    return d.excludes_zero and d.mean > 0
+
+
 def q3_sentences(f) -> list[str]:
     """On raw pixels: exact CE vs Keras' CE, and sigmoid vs relu, each against the posts' network."""
     effects = {arm: arm_effect(f, arm, RAW) for arm in (CE_ARM, SIGMOID_ARM)}
@@ -214,8 +220,7 @@ def q3_sentences(f) -> list[str]:
         return missing("exact cross-entropy (ce) or sigmoid arm at /1 beside the posts' network")
     out = [e for e in effects.values() if e]
     out += [f"{NOT_SUPPORTED} for {a.name}: no such arm at /1." for a, e in effects.items() if not e]
-    helped = [a for a in effects if effects[a] and compare(f, a, RAW, BASE_ARM, RAW, "test_acc").excludes_zero
-              and compare(f, a, RAW, BASE_ARM, RAW, "test_acc").mean > 0]  # fmt: skip
+    helped = [a for a in effects if effects[a] and helps(f, a)]
     if effects[CE_ARM] and effects[SIGMOID_ARM]:
         names = {CE_ARM: "the cross-entropy (its clip)", SIGMOID_ARM: "the ReLU"}
         out.append(
@@ -235,9 +240,26 @@ def q4_sentences(f) -> list[str]:
     bundle = arm_effect(f, BUNDLE_ARM, RAW)
     if not bundle:
         return missing("sigmoid + SGD + MSE arm at /1 beside the posts' network")
-    out = [bundle + f" (after {f['epochs']} epochs; the post reports ~85% after 50)."]
-    parts = [arm_effect(f, arm, RAW) for arm in (SIGMOID_ARM, SGD_ARM, CE_ARM)]
-    out += [f"One change at a time: {p}" for p in parts if p]
+    out = [f"After {f['epochs']} epoch{'s' * (f['epochs'] > 1)} (the post: ~85% after 50): {bundle}"]
+    parts = {arm: arm_effect(f, arm, RAW) for arm in (SIGMOID_ARM, SGD_ARM, CE_ARM)}
+    out += [f"One change at a time: {p}" for p in parts.values() if p]
+    if parts[CE_ARM]:
+        out.append("(The run has no relu + Adam + MSE arm; the exact cross-entropy is the loss without Keras' clip.)")
+    if has(f, BUNDLE_ARM, STANDARD):
+        d = compare(f, BUNDLE_ARM, RAW, BUNDLE_ARM, STANDARD, "test_acc")
+        out.append(
+            f"The bundle itself at /1 − at /255: {interval_text(d, True)}: "
+            + verdict(d, "at SGD's fixed lr it learns more on raw pixels than on /255.", "it learns more at /255.")
+        )
+    helped = [a.name for a, p in parts.items() if p and helps(f, a)]
+    not_helped = [a.name for a, p in parts.items() if p and not helps(f, a)]
+    if helped or not_helped:
+        out.append(
+            "So, on raw pixels: "
+            + (f"{' and '.join(helped)} each let the network learn" if helped else "no single change lets it learn")
+            + (f"; {' and '.join(not_helped)} alone does not" if not_helped else "")
+            + "."
+        )
     clip_base = values(f, BASE_ARM, RAW, "clipped_wrong_frac", "step0")
     sat = values(f, BUNDLE_ARM, RAW, "saturated_frac_0", "step0")
     grad = values(f, BUNDLE_ARM, RAW, "grad_norm", "last_rows")
@@ -272,11 +294,24 @@ def q5_sentences(f) -> list[str]:
             d = compare(f, arm, RAW, BASE_ARM, RAW, "test_acc")
             text += f"; minus width 128: {interval_text(d, True)}: " + verdict(d, "it learns more.", "it learns less.")
         out.append(text if text.endswith(".") else text + ".")
-    logits = {w: values(f, arms.width_arm(w), RAW, "mean_abs_logit", "epoch_end1") for w in widths}
-    if all(logits.values()):
-        out.append("Mean |logit| after the first epoch, by width: "
-                   + ", ".join(f"{w}: {num(median(v))}" for w, v in logits.items()) + ".")  # fmt: skip
+    out += width_mechanism(f, widths)
     return out
+
+
+def width_mechanism(f, widths: list[int]) -> list[str]:
+    """By width on raw pixels, after the first epoch: mean |logit|, the clip's share, zero gradients."""
+    measured = {}
+    for w in widths:
+        arm = arms.width_arm(w)
+        logit, clipped = (values(f, arm, RAW, k, "epoch_end1") for k in ("mean_abs_logit", "clipped_wrong_frac"))
+        grad = values(f, arm, RAW, "grad_norm", "epoch_end1")
+        if logit and clipped and grad:
+            zero = sum(1 for g in grad.values() if g == 0.0)
+            measured[w] = f"{w}: |logit| {num(median(logit))}, {pct(median(clipped))} clipped, zero gradient for " \
+                          f"{zero} of {len(grad)} seeds"  # fmt: skip
+    if len(measured) < 2:
+        return []
+    return ["After the first epoch on raw pixels, by width (medians over seeds): " + "; ".join(measured.values()) + "."]
 
 
 # ---------------------------------------------------------------------------- Q6

@@ -429,6 +429,11 @@ def sharpness_sentences(f) -> list[str]:
                 f"{num(s['threshold'])} in {pct(s['above'])} of {s['n']} measurements"
             )
         out.append(text + ".")
+    if any("adam" in e for e in compared):
+        out.append(
+            "Adam's preconditioned sharpness is not defined at step 0: its preconditioner is built from Adam's second "
+            "moment, which is 0 before the first update, so it is measured from the first step on."
+        )
     return out
 
 
