@@ -194,3 +194,27 @@ def test_an_extra_setting_axis_is_a_column_and_the_transforms_are_compared_at_it
     assert "training loss at /1000 is 0.735 (range 0.7–0.77), higher than" in text
     # Sharpness is stated at the compared setting of the static axes (tanh) only, for every lr.
     assert "zscore: the top Hessian eigenvalue peaks at 21" in text and "relu, zscore: the top" not in text
+
+
+def test_a_small_real_run_writes_its_heatmap_hyperplanes_and_answers(idx_folder, tmp_path, monkeypatch):
+    from analysis import mechanism
+    from experiments import scale_grid
+
+    monkeypatch.setattr(plots, "FIGURE_FORMATS", ("png",))
+    run_dir = tmp_path / "run"
+    argv = ["--data", "idx", "--data-dir", idx_folder, "--hidden", "8", "--optimizer", "sgd", "--lr", "1e-3,1e-2",
+            "--inputs", "/1,/255,/1000", "--seeds", "2", "--epochs", "1", "--batch-size", "16",
+            "--curvature-examples", "16", "--lanczos-steps", "4", "--density-probes", "0",
+            "--no-progress", "--out", run_dir]  # fmt: skip
+    assert scale_grid.main([str(a) for a in argv]) == 0
+    text = (run_dir / "report.md").read_text()
+    assert "## Final test loss over input transform × lr" in text and "cells are trainable" in text
+    assert "(figures/heatmap_inputs_lr.png)" in text and "SGD: lr ∝ C²" in text
+    planes = mechanism.read(run_dir)
+    assert set(planes) == set(range(12)) and all(0 <= p["cut_frac"] <= 1 for p in planes.values())
+    # Dividing the pixels moves no hyperplane (zero biases): /1 and /255 of one seed measure the same.
+    rows = {(r["seed"], r["inputs"], r["lr"]): r["model"] for r in plots.load_run(run_dir).metrics if r["epoch"] == 1}
+    for seed in (0, 1):
+        a, b = planes[rows[(seed, "/1", 1e-3)]], planes[rows[(seed, "/255", 1e-3)]]
+        assert a["cut_frac"] == b["cut_frac"] and a["distance_median"] == pytest.approx(b["distance_median"], rel=1e-4)
+    assert "## Q6. Does centring help, as the accepted answer says?" in text and "cut it, median distance" in text

@@ -93,9 +93,43 @@ def test_help_explains_every_flag(capsys):
         assert flag in text
 
 
+def config_of(*argv):
+    args = scale_grid.build_parser().parse_args([str(a) for a in argv])
+    return scale_grid.config_from_args(args, *scale_grid.base_and_quick(args))
+
+
+def test_the_default_is_the_posts_study_of_arms():
+    config = config_of()
+    programs = [dict(p) for p in config.grid.programs]
+    assert len(programs) == 7 and config.grid.seeds == 8 and config.train.epochs == 2
+    base, *arms = programs
+    assert base["grid.inputs"] == ("/1", "/255", "/1000", "zscore", "[-1,1]")
+    assert all(a["grid.inputs"] == ("/1", "/255") for a in arms)
+    changed = [{k: v for k, v in a.items() if scale_grid.POSTS_NETWORK.get(k, v) != v} for a in arms]
+    assert changed == [{"train.loss": "ce"}, {"model.activation": "sigmoid"}, {"optimizer.name": "sgd"},
+                       {"model.activation": "sigmoid", "optimizer.name": "sgd", "train.loss": "mse"},
+                       {"model.hidden": (32,)}, {"model.hidden": (512,)}]  # fmt: skip
+    assert arms[-1]["grid.seeds"] == scale_grid.WIDE_SEEDS and config.num_models == 8 * 5 + 5 * 8 * 2 + 3 * 2
+    assert [c.lrs for _, c in config.programs()][3:5] == [(1e-2,), (1e-2,)]  # SGD arms at SGD's own default lr
+
+
+def test_quick_is_the_same_study_on_a_slice_and_seeds_or_epochs_keep_it():
+    quick = config_of("--quick")
+    assert len(quick.grid.programs) == 7 and quick.data.train_limit == 2048 and quick.train.epochs == 1
+    assert config_of("--seeds", 4, "--epochs", 3).grid.programs and config_of("--seeds", 4).grid.seeds == 4
+
+
+def test_a_flag_that_describes_another_study_starts_from_the_single_network_defaults(tmp_path):
+    assert config_of("--hidden", 16).grid.programs == () and config_of("--inputs", "/1,/255").grid.programs == ()
+    assert config_of("--quick", "--lr", "1e-2").data.train_limit == 2048  # QUICK, the single network's preset
+    (tmp_path / "c.toml").write_text("[train]\nepochs = 1\n")
+    assert config_of("--config", tmp_path / "c.toml").grid.programs == ()
+
+
 @pytest.mark.skipif(not REAL_DATA.exists(), reason="Fashion-MNIST is not installed")
 def test_quick_run_on_real_fashion_mnist(tmp_path, capsys):
-    code, stdout, _ = run_cli(["--quick", "--no-progress", "--no-report", "--out", tmp_path / "q"], capsys)
+    flags = ["--quick", "--no-progress", "--no-report", "--hidden", "128", "--epochs", "2", "--out", tmp_path / "q"]
+    code, stdout, _ = run_cli(flags, capsys)
     assert code == 0
     summary = json.loads((tmp_path / "q" / "summary.json").read_text())
     by = {g["inputs"]: g for g in summary["groups"]}
