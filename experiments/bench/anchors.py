@@ -1,0 +1,219 @@
+"""The anchors raced: PyHessian's top eigenvalue and trace against scalelab's, same net, data and params.
+
+PyHessian (Yao et al. 2020; 0.1 from the package index, on torch's CPU build) and scalelab get the
+same 784-128-10 ReLU MLP at the same initial parameters (scalelab's Glorot-uniform init, seeds
+0..63), the same first ``--curvature-examples`` training examples at ``/255`` and the same exact
+cross-entropy (``torch.nn.CrossEntropyLoss`` = scalelab's ``ce``). Both accuracies are measured
+against float64 references on the models PyHessian runs:
+
+* the top eigenvalue: float64 Lanczos with ``REFERENCE_STEPS`` fully reorthogonalised steps;
+* the trace: exact. For a ReLU network the second derivative of the activation is 0 almost
+  everywhere, so the Hessian's diagonal blocks are the Gauss-Newton matrix's and
+  ``tr H = tr G = mean_i [sum_k p_ik |d z_ik|^2 - |sum_k p_ik d z_ik|^2]`` (``d z_ik``: the gradient
+  of logit k of example i in the parameters, ``p``: the softmax). For one hidden layer the Gram
+  matrix of those gradients has a closed form (``exact_relu_trace``; tested against a dense
+  float64 Hessian).
+
+scalelab runs vmapped over all ``NUM_MODELS`` models (one compiled program); PyHessian, which has
+no batch of models, runs each of the first ``PYHESSIAN_MODELS`` one after another with its defaults
+(power iteration to ``tol`` 1e-3, Hutchinson to ``tol`` 1e-3, at most 100 products). Figures are
+seconds per model.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from experiments.bench.curvature import curvature_problem, top_eigenvalue_fn
+from experiments.bench.timing import say
+from scalelab import curvature
+from scalelab.losses import get_loss
+from scalelab.train import Batch, batch_loss
+
+NUM_MODELS, PYHESSIAN_MODELS = 64, 8
+LANCZOS_STEPS = (4, 6, 8, 12, 16)  # scalelab's accuracy/speed trade-off; 16 is a run's default
+REFERENCE_STEPS = 128
+TRACE_PROBES = 32
+NOT_INSTALLED = {"available": False, "why": "torch and PyHessian are not installed: make bench-anchors installs them"}
+
+
+def pyhessian_bench(settings: dict, dataset) -> dict:
+    """``anchors.pyhessian``: both tools' seconds per model and relative errors, and their ratio."""
+    try:
+        import pyhessian  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        return dict(NOT_INSTALLED)
+    program, hypers, batch = curvature_problem({**settings, "curvature_loss": "ce"}, dataset)
+    params = jax.vmap(lambda k: program.model.init(k, jnp.zeros((1, batch.x.shape[1]))))(
+        jax.vmap(jax.random.PRNGKey)(jnp.arange(NUM_MODELS))
+    )
+    say(f"anchors: float64 references for {PYHESSIAN_MODELS} models")
+    references = [_reference(program, hypers, batch, _model(params, m)) for m in range(PYHESSIAN_MODELS)]
+    say(f"anchors: scalelab, {NUM_MODELS} models vmapped; PyHessian, {PYHESSIAN_MODELS} models one at a time")
+    ours = _scalelab(program, hypers, batch, params, references)
+    _pyhessian(program, hypers, batch, _model(params, 0))  # untimed: torch's first call sets itself up
+    theirs = [_pyhessian(program, hypers, batch, _model(params, m)) for m in range(PYHESSIAN_MODELS)]
+    return _summary(ours, theirs, references)
+
+
+def _model(params, m: int):
+    return jax.tree.map(lambda a: a[m], params)
+
+
+def _reference(program, hypers, batch: Batch, params) -> dict:
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        h64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), hypers)
+        top = top_eigenvalue_fn(program.model, get_loss("ce"), h64)
+        n = ravel_pytree(p64)[0].size
+        v0 = jax.random.normal(jax.random.PRNGKey(7), (n,), jnp.float64)
+        value, _ = jax.jit(top, static_argnums=3)(p64, v0, batch, REFERENCE_STEPS)
+        x = (jnp.asarray(batch.x, jnp.float64) - h64.shift) * h64.scale
+        trace = exact_relu_trace(p64, x)
+    return {"top": float(value), "trace": float(trace)}
+
+
+def exact_relu_trace(params, x: jax.Array) -> jax.Array:
+    """``tr`` of the mean cross-entropy's Hessian of a one-hidden-layer ReLU MLP on ``x`` (transformed).
+
+    With ``a = x W1 + b1``, ``h = relu(a)``, ``m = [a > 0]`` and ``z = h W2 + b2``, the logit gradients'
+    Gram matrix is ``G_kl = delta_kl (|h|^2 + 1) + (|x|^2 + 1) sum_j W2_jk W2_jl m_j``; the Hessian's
+    trace is the Gauss-Newton matrix's, ``mean_i sum_k p_k G_kk - p^T G p`` (the cross-entropy's
+    Hessian in the logits, ``diag(p) - p p^T``, does not depend on the label).
+    """
+    layers = params["params"]
+    w1, b1, w2, b2 = (layers[f"Dense_{i}"][k] for i in (0, 1) for k in ("kernel", "bias"))
+    a = x @ w1 + b1
+    h, m = jax.nn.relu(a), (a > 0).astype(x.dtype)
+    p = jax.nn.softmax(h @ w2 + b2)
+    # per example: G = (|h|^2 + 1) I + (|x|^2 + 1) W2^T diag(m) W2
+    hidden = jnp.einsum("jk,ij,jl->ikl", w2, m, w2) * (jnp.sum(x**2, -1) + 1)[:, None, None]
+    gram = hidden + (jnp.sum(h**2, -1) + 1)[:, None, None] * jnp.eye(p.shape[-1], dtype=x.dtype)
+    diagonal = jnp.einsum("ik,ikk->i", p, gram)
+    return jnp.mean(diagonal - jnp.einsum("ik,ikl,il->i", p, gram, p))
+
+
+def _scalelab(program, hypers, batch: Batch, params, references) -> dict:
+    top = top_eigenvalue_fn(program.model, get_loss("ce"), hypers)
+    n = ravel_pytree(_model(params, 0))[0].size
+    v0 = jax.random.normal(jax.random.PRNGKey(7), (NUM_MODELS, n), jnp.float32)
+    out = {}
+    for steps in LANCZOS_STEPS:
+        fn = jax.jit(jax.vmap(lambda p, v, s=steps: top(p, v, batch, s)[0]))
+        values, seconds = _timed(fn, params, v0)
+        out[f"top_{steps}"] = {"s_per_model": seconds / NUM_MODELS, "errors": _errors(values, references, "top")}
+    trace = jax.jit(jax.vmap(lambda p: _hutchinson(program, hypers, batch, p)))
+    estimates, seconds = _timed(trace, params)
+    out["trace"] = {"s_per_model": seconds / NUM_MODELS, "probes": TRACE_PROBES,
+                    "errors": _errors(estimates, references, "trace")}  # fmt: skip
+    return out
+
+
+def _hutchinson(program, hypers, batch: Batch, params) -> jax.Array:
+    def loss_on(p, chunk):
+        return batch_loss(program.model, get_loss("ce"), p, hypers, chunk)[0]
+
+    hvp_fn = curvature.make_chunked_hvp(loss_on, batch, min(1024, batch.x.shape[0]))
+    n = ravel_pytree(params)[0].size
+    matvec = curvature.flat_matvec(hvp_fn, params)
+    return curvature.hutchinson_trace(matvec, jax.random.PRNGKey(3), TRACE_PROBES, n).estimate
+
+
+def _timed(fn, *args) -> tuple[np.ndarray, float]:
+    """``fn(*args)`` as numpy and the better of two timed calls (after a compiling one)."""
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(2):
+        start = time.perf_counter()
+        values = jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - start)
+    return np.asarray(values), best
+
+
+def _errors(values: np.ndarray, references: list[dict], key: str) -> list[float]:
+    return [abs(float(values[m]) - r[key]) / abs(r[key]) for m, r in enumerate(references)]
+
+
+def _pyhessian(program, hypers, batch: Batch, params) -> dict:
+    """PyHessian on one model: its top eigenvalue and trace with its defaults, timed."""
+    import pyhessian.hessian as module
+    import torch
+    from pyhessian import hessian
+
+    products = 0
+    plain_product = module.hessian_vector_product
+
+    def counted(*args):  # PyHessian does not say how many products it took
+        nonlocal products
+        products += 1
+        return plain_product(*args)
+
+    module.hessian_vector_product = counted
+    torch.manual_seed(0)
+    net = _torch_mlp(params)
+    x = torch.from_numpy(np.array((batch.x - hypers.shift) * hypers.scale, np.float32))
+    y = torch.from_numpy(np.array(batch.y, np.int64))
+    start = time.perf_counter()
+    h = hessian(net, torch.nn.CrossEntropyLoss(), data=(x, y), cuda=False)
+    eigenvalues, _ = h.eigenvalues(maxIter=100, tol=1e-3, top_n=1)
+    top_s, top_products = time.perf_counter() - start, products
+    start = time.perf_counter()
+    samples = h.trace(maxIter=100, tol=1e-3)
+    trace_s = time.perf_counter() - start
+    module.hessian_vector_product = plain_product
+    return {"top": eigenvalues[0], "top_s": top_s, "top_products": top_products, "trace": float(np.mean(samples)),
+            "trace_s": trace_s, "trace_products": len(samples)}  # fmt: skip
+
+
+def _torch_mlp(params):
+    import torch
+
+    layers = params["params"]
+    first, second = (
+        torch.nn.Linear(*layers["Dense_0"]["kernel"].shape),
+        torch.nn.Linear(*layers["Dense_1"]["kernel"].shape),
+    )
+    with torch.no_grad():
+        for linear, name in ((first, "Dense_0"), (second, "Dense_1")):
+            linear.weight.copy_(torch.from_numpy(np.asarray(layers[name]["kernel"]).T.copy()))
+            linear.bias.copy_(torch.from_numpy(np.array(layers[name]["bias"])))
+    return torch.nn.Sequential(first, torch.nn.ReLU(), second)
+
+
+def _summary(ours: dict, theirs: list[dict], references: list[dict]) -> dict:
+    """Per-model medians, the Lanczos steps that match PyHessian's error, and the speedups."""
+    pyh_error = statistics.median(
+        abs(t["top"] - r["top"]) / abs(r["top"]) for t, r in zip(theirs, references, strict=True)
+    )
+    pyh_s = statistics.median(t["top_s"] for t in theirs)
+    matching = next((s for s in LANCZOS_STEPS if max(ours[f"top_{s}"]["errors"]) <= pyh_error), LANCZOS_STEPS[-1])
+    default = LANCZOS_STEPS[-1]
+    trace_error = statistics.median(
+        abs(t["trace"] - r["trace"]) / abs(r["trace"]) for t, r in zip(theirs, references, strict=True)
+    )
+    trace_s = statistics.median(t["trace_s"] for t in theirs)
+    row = lambda steps: {  # noqa: E731
+        "lanczos_steps": steps, "scalelab_s": ours[f"top_{steps}"]["s_per_model"], "pyhessian_s": pyh_s,
+        "speedup": pyh_s / ours[f"top_{steps}"]["s_per_model"],
+        "scalelab_rel_error": statistics.median(ours[f"top_{steps}"]["errors"]), "pyhessian_rel_error": pyh_error,
+        "scalelab_max_rel_error": max(ours[f"top_{steps}"]["errors"]), "scalelab_products": steps + 1,
+        "pyhessian_products": statistics.median(t["top_products"] for t in theirs),
+    }  # fmt: skip
+    return {
+        "available": True, "models": NUM_MODELS, "pyhessian_models": len(theirs),
+        **row(matching), "at_default_accuracy": row(default),
+        "lanczos_sweep": {str(s): ours[f"top_{s}"] for s in LANCZOS_STEPS},
+        "trace": {"scalelab_s": ours["trace"]["s_per_model"], "scalelab_probes": TRACE_PROBES,
+                  "scalelab_rel_error": statistics.median(ours["trace"]["errors"]), "pyhessian_s": trace_s,
+                  "pyhessian_rel_error": trace_error,
+                  "pyhessian_products": statistics.median(t["trace_products"] for t in theirs),
+                  "speedup": trace_s / ours["trace"]["s_per_model"]},
+        "references": references,
+    }  # fmt: skip
