@@ -9,7 +9,6 @@ it belongs to, and an arm missing at one transform is written into the panel as 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -17,7 +16,7 @@ from matplotlib.figure import Figure
 
 from analysis import arms, questions
 from analysis.arms import BASE_ARM, NAMED_ARMS, Arm
-from analysis.plots import INPUTS, Key, bands
+from analysis.plots import INPUTS, Key, bands, figure_legend
 from analysis.questions import RAW, SMALL, STANDARD, values
 from scalelab.stats import paired_difference
 
@@ -33,12 +32,7 @@ def figure(ncols: int, title: str, nrows: int = 1, height: float = 3.6) -> tuple
 
 def legend_below(fig: Figure, axes: Sequence[Axes], ncol: int = 3) -> None:
     """One legend for the figure, below the panels (outside every data area)."""
-    seen: dict[str, Any] = {}
-    for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            seen.setdefault(label, handle)
-    if seen:
-        fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncol=ncol, fontsize="small")
+    figure_legend(fig, axes, ncol=ncol)
 
 
 def study_arms(f) -> list[Arm]:

@@ -91,12 +91,17 @@ def read(run_dir: Path) -> dict[int, dict[str, float]] | None:
 
 
 def ensure(run_dir: Path) -> dict[int, dict[str, float]] | None:
-    """hyperplanes.csv's numbers by model, measured and written first when the run has none yet."""
-    if read(run_dir) is None:
-        rows = measure_run(run_dir)
-        if rows:
-            write(run_dir, rows)
-    return read(run_dir)
+    """hyperplanes.csv's numbers by model, measured and written first when the run has none yet;
+    None when they cannot be measured (no saved init params, damaged params, data not found): the
+    report then says so instead of failing."""
+    try:
+        if read(run_dir) is None:
+            rows = measure_run(run_dir)
+            if rows:
+                write(run_dir, rows)
+        return read(run_dir)
+    except (ScalelabError, KeyError, ValueError):
+        return None
 
 
 def write_file(run_dir: Path) -> list[Path]:

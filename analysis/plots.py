@@ -342,9 +342,12 @@ def facets(settings: Settings, rows: Iterable[Mapping[str, Any]]) -> list[tuple[
     return [(k, [r for r in rows if settings.project(settings.key(r), static) == k]) for k in keys] or [((), rows)]
 
 
-def facet_title(settings: Settings, key: Key) -> str:
+def facet_title(settings: Settings, key: Key, keys: Iterable[Key] = ()) -> str:
+    """The facet's values on the static axes that vary among ``keys`` (all of them without keys)."""
     static = static_settings(settings)
-    return ", ".join(f"{a.name} {value_text(a, v)}" for a, v in zip(static.axes, key, strict=True))
+    keys = list(keys)
+    shown = [i for i in range(len(static.axes)) if not keys or len({k[i] for k in keys}) > 1] or [0]
+    return ", ".join(f"{static.axes[i].name} {value_text(static.axes[i], key[i])}" for i in shown)
 
 
 def new_figure(ncols: int, title: str, nrows: int = 1, width: float = 5.0) -> tuple[Figure, np.ndarray]:
@@ -389,7 +392,7 @@ def facet_grid(count: int, title: str, height: float = 3.2) -> tuple[Figure, np.
     fig = Figure(figsize=(12.5, height * nrows + 1.2), layout="constrained")
     panels = np.atleast_1d(fig.subplots(nrows, FACET_COLUMNS, squeeze=False).ravel())
     for ax in panels[count:]:
-        ax.set_visible(False)
+        ax.remove()
     fig.suptitle(title)
     return fig, panels[:count]
 
@@ -406,7 +409,7 @@ def plot_loss_facets(metrics: Sequence[dict[str, Any]], settings: Settings, loss
         for k, band in bands(rows, settings, "epoch", "train_loss").items():
             ax.plot(band.x, band.median, color=series.color(k), linestyle="--", linewidth=1)
         ax.set_yscale("log")
-        ax.set_title(facet_title(settings, key), fontsize="small")
+        ax.set_title(facet_title(settings, key, [k for k, _ in groups]), fontsize="small")
         ax.set(xlabel="epoch", ylabel=f"loss ({loss_unit(settings_loss(settings, key, loss_name))}), log")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure_legend(fig, panels, ncol=5)
@@ -435,10 +438,10 @@ def plot_final_vs_divisor(
     ):
         draw_against_divisor(ax, point_bands(finals, settings, field), series)
         ax.set_ylabel(ylabel)
-        legend(ax, "small")
     panels[0].set_yscale("log")
     panels[0].set_title("Test loss after training")
     panels[1].set_title("Test accuracy after training")
+    figure_legend(fig, panels, ncol=3, fontsize="x-small")
     return fig
 
 
@@ -504,7 +507,7 @@ def plot_sharpness(curvature: Sequence[dict[str, Any]], axes: Sequence[Axis]) ->
     for ax, (key, rows) in zip(panels, groups, strict=True):
         draw_sharpness(ax, rows, settings)
         if len(groups) > 1:
-            ax.set_title(facet_title(settings, key), fontsize="small")
+            ax.set_title(facet_title(settings, key, [k for k, _ in groups]), fontsize="small")
     if len(groups) > 1:
         figure_legend(fig, panels, ncol=4, fontsize="x-small")
     else:
@@ -528,11 +531,13 @@ def draw_sharpness(ax: Axes, curvature: Sequence[dict[str, Any]], settings: Sett
                 ax.plot(
                     x, y, color=series.color(key), linestyle=style, marker=".", label=f"{series.label(key)}: {what}"
                 )
-    if any(usable(r, "adam_sharpness") for r in curvature):
-        ax.annotate("Adam's sharpness: undefined at step 0", (0.01, 0.01), xycoords="axes fraction", fontsize="x-small")
+    drawn = [y for line in ax.get_lines() for y in np.asarray(line.get_ydata(), float) if np.isfinite(y)]
     draw_thresholds(ax, curvature, settings)
     ax.set_yscale("symlog", linthresh=1e-2)
-    ax.set_xlabel("optimiser step")
+    if drawn and min(drawn) >= 0:
+        ax.set_ylim(bottom=0.0)
+    adam = any(usable(r, "adam_sharpness") for r in curvature)
+    ax.set_xlabel("optimiser step" + (" (Adam's sharpness: undefined at step 0)" if adam else ""))
     ax.set_ylabel("eigenvalue (loss / parameter², symlog)")
 
 
@@ -580,10 +585,9 @@ def plot_spectra(spectrum: dict[str, Any], axes: Sequence[Axis]) -> Figure:
 
     models = spectrum_models(spectrum, axes)
     series = Series.of(Settings.of(axes).without(LR), models)
-    fig, panels = new_figure(
+    fig, panels = facet_grid(
         max(len(models), 1),
         f"Hessian spectral density at initialisation (step {spectrum.get('step', 0)}), one model per {series.noun()}",
-        width=3.6,
     )
     for ax, model in zip(panels, models, strict=False):
         nodes, weights = probe_arrays(model)
@@ -619,7 +623,7 @@ def plot_grad_norms(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("||∇loss||₂ (loss / parameter), symlog: 0 is drawn")
         ax.set_title(f"Gradient norm {where}")
-    figure_legend(fig, panels, ncol=4)
+    figure_legend(fig, panels, ncol=3, fontsize="x-small")
     return fig
 
 

@@ -334,7 +334,10 @@ def hyperplane_sentences(f) -> list[str]:
     """The cut share and centroid distance per transform; whether the data supports 'the hyperplanes miss'."""
     planes = f["hyperplanes"]
     if not planes:
-        return [f"{NOT_SUPPORTED} for the mechanism: the run saved no initial params (params/epoch_000.npz)."]
+        return [
+            f"{NOT_SUPPORTED} for the mechanism: it has no readable initial params (params/epoch_000.npz) and "
+            "training data to measure the hyperplanes on."
+        ]
     per = {}
     for inputs in (RAW, STANDARD, SMALL, *CENTRED):
         models = values(f, BASE_ARM, inputs, "model")

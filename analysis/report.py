@@ -1,15 +1,20 @@
-"""A written answer to "why is my loss 13 on raw pixels, and why is /1000 worse than /255?",
-computed from one run directory.
+"""The posts' questions answered from one run directory: report.md and a self-contained report.html.
 
-    python -m analysis.report RUN_DIR       # writes RUN_DIR/report.md, RUN_DIR/report.html, RUN_DIR/figures/
+    python -m analysis.report RUN_DIR       # writes RUN_DIR/report.md, report.html, figures/, hyperplanes.csv
+
+The report opens with the study (which arm answers which question) and a headline figure, then one
+section per question of the two posts (``analysis.questions``: Q1-Q6 in the posts' words), each
+measured sentences with paired 95% t intervals over seeds and one figure (``analysis.answer_plots``),
+or "Not supported by this run" and what it lacks; then the details: every setting's final numbers,
+the per-transform findings of the posts' network (at the first value of every other setting axis:
+the config's first lr) and, over any two numeric axes, heatmaps (``analysis.heatmaps``).
 
 Every number in the text is measured in that run and every claim is a template whose premise is
 checked against the data first: a sentence the data does not support is replaced by one saying
 what the data shows. Results are kept per setting (``plots.Settings``: a model's values on every
-grid axis but the seed); the comparisons across input transforms are made at one setting of the
-other setting axes, each axis' first value in the run (the config's first lr). ``compute_findings``
-(pure) -> ``report_blocks`` -> ``render_markdown`` / ``render_html``; the figures come from
-``analysis.plots``.
+grid axis but the seed). The accepted answer's mechanism (hyperplanes at init) is measured from the
+run's saved initial params (``analysis.mechanism``, written to hyperplanes.csv once).
+``compute_findings`` (pure) -> ``report_blocks`` -> ``render_markdown`` / ``render_html``.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from analysis import answer_plots, heatmaps, mechanism, plots, questions
 from analysis.plots import INPUTS, Key, RunData, Settings, divisor_of, num, usable, value_text
 from scalelab.losses import KERAS_EPSILON
 from scalelab.results import atomic_write_text
-from scalelab.schema import final_rows
+from scalelab.schema import SEED, final_rows
+from scalelab.stats import paired_difference
 
 PROG = "analysis.report"
 SATURATED = 0.25  # share of examples clipped at p < 1e-7 above which we call the output saturated
@@ -234,13 +240,26 @@ def mean_range(s: dict[str, float] | None) -> str:
     return num(s["mean"]) if s["min"] == s["max"] else f"{num(s['mean'])} (range {num(s['min'])}–{num(s['max'])})"
 
 
-def relation(a: dict[str, float], b: dict[str, float]) -> str:
-    """'higher'/'lower' when the seed ranges do not overlap, else says they overlap."""
-    if a["min"] > b["max"]:
-        return "higher than"
-    if a["max"] < b["min"]:
-        return "lower than"
-    return "within the seed-to-seed range of"
+def seed_values(f, key: Key, field: str, rows: str = "final_rows") -> dict[int, float]:
+    """{seed: value} of ``field`` over the setting's models in ``f[rows]`` (diverged ones left out)."""
+    settings = f["settings"]
+    return {
+        int(r[SEED]): float(r[field])
+        for r in f[rows]
+        if settings.key(r) == key and not r.get("diverged") and usable(r, field)
+    }
+
+
+def relation(f, a: Key, b: Key, field: str, rows: str = "final_rows") -> str:
+    """'higher than'/'lower than' when the paired 95% t interval of a - b over seeds excludes 0, else
+    says it does not; with the interval."""
+    d = paired_difference(seed_values(f, a, field, rows), seed_values(f, b, field, rows))
+    if d.n < 2:
+        return "(one seed: no paired interval) against"
+    interval = f"(paired difference {d.mean:+.3g}, 95% t interval [{d.low:.3g}, {d.high:.3g}], n = {d.n})"
+    if d.excludes_zero:
+        return f"{'higher' if d.mean > 0 else 'lower'} {interval} than"
+    return f"not distinguishable {interval} from"
 
 
 def setup_sentence(f) -> str:
@@ -379,17 +398,18 @@ def slow_sentences(f) -> list[str]:
     ref_name, other_name = transform(f, ref), transform(f, other)
     out = []
     if a["train_loss_1"] and b["train_loss_1"]:
-        rel = relation(a["train_loss_1"], b["train_loss_1"])
-        pace = {"higher than": "it learns more slowly at first", "lower than": "it learns faster at first"}
+        rel = relation(f, other, ref, "train_loss", "epoch1")
+        pace = {"higher": "it learns more slowly at first", "lower": "it learns faster at first"}
+        word = rel.split()[0]
         out.append(
             f"After epoch 1 the training loss at {other_name} is {mean_range(a['train_loss_1'])}, {rel} "
-            f"{mean_range(b['train_loss_1'])} at {ref_name}" + (f": {pace[rel]}." if rel in pace else ".")
+            f"{mean_range(b['train_loss_1'])} at {ref_name}" + (f": {pace[word]}." if word in pace else ".")
         )
     if a["test_loss"] and b["test_loss"]:
-        rel = relation(a["test_loss"], b["test_loss"])
-        word = {"higher than": "worse than", "lower than": "better than"}.get(rel, "indistinguishable from")
+        rel = relation(f, other, ref, "test_loss")
+        word = {"higher": "worse than", "lower": "better than"}.get(rel.split()[0], "indistinguishable from")
         out.append(
-            f"At the end the test loss at {other_name} is {mean_range(a['test_loss'])} against "
+            f"At the end the test loss at {other_name} is {mean_range(a['test_loss'])}, {rel} "
             f"{mean_range(b['test_loss'])} at {ref_name}: {other_name} is {word} {ref_name} in this run."
         )
     ia, ib = f["init"].get(other, {}), f["init"].get(ref, {})
@@ -453,7 +473,7 @@ def centred_sentences(f) -> list[str]:
             )
         if final and ref_final:
             parts.append(
-                f"the final test loss is {mean_range(final)}, {relation(final, ref_final)} "
+                f"the final test loss is {mean_range(final)}, {relation(f, key, ref, 'test_loss')} "
                 f"{mean_range(ref_final)} at {ref_name}"
             )
         if parts:

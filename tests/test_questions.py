@@ -76,7 +76,7 @@ def test_a_run_of_one_network_says_what_it_cannot_answer(tmp_path):
     found = sections(report.render_markdown(f, figure_names=()))
     assert "Not supported by this run" in found["Q3"] and "exact cross-entropy (ce) or sigmoid arm" in found["Q3"]
     assert "Not supported by this run" in found["Q4"] and "Not supported by this run" in found["Q5"]
-    assert "Not supported by this run" in found["Q6"] and "saved no initial params" in found["Q6"]
+    assert "Not supported by this run" in found["Q6"] and "no readable initial params" in found["Q6"]
     assert "test loss of 14.2 (range 12.9–15.5, 3 seeds)" in found["Q1"]  # 12.9 x (1, 1.1, 1.2)
 
 

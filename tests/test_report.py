@@ -76,17 +76,21 @@ def test_slow_small_inputs_are_reported_as_worse_or_better_as_measured(tmp_path)
     behind = text_for(tmp_path / "a", SATURATED)
     ahead = text_for(tmp_path / "b", HEALTHY)
     assert "## /1000 against /255" in behind and "## /1000 against /255" in ahead
-    assert "training loss at /1000 is 0.735 (range 0.7–0.77), higher than" in behind
+    assert "training loss at /1000 is 0.735 (range 0.7–0.77), higher (paired difference +0.21" in behind
     assert "learns more slowly at first" in behind and "/1000 is worse than /255" in behind
     assert "learns faster at first" in ahead and "/1000 is better than /255" in ahead
     assert "more slowly" not in ahead and "/1000 is worse than" not in ahead
     assert "3.92 times smaller" in behind  # 1000 / 255
 
 
-def test_overlapping_seed_ranges_are_not_called_better_or_worse(tmp_path):
+def test_transforms_are_compared_paired_by_seed_not_by_their_ranges(tmp_path):
+    # The seed ranges overlap (0.36-0.396 against 0.35-0.385), but every seed is 0.01 x (1, 1.1) worse.
     outcomes = dict(HEALTHY, **{"/1000": Outcome(train_loss_1=0.52, final_loss=0.36)})
-    text = text_for(tmp_path, outcomes)
-    assert "/1000 is indistinguishable from /255" in text and "within the seed-to-seed range" in text
+    text = text_for(tmp_path / "a", outcomes)
+    assert "/1000 is worse than /255" in text and "higher (paired difference +0.0105, 95% t interval" in text
+    same = dict(HEALTHY, **{"/1000": HEALTHY["/255"]})
+    text = text_for(tmp_path / "b", same)
+    assert "/1000 is indistinguishable from /255" in text and "not distinguishable (paired difference +0" in text
 
 
 def test_adam_step_compares_gradient_and_step_across_scales(tmp_path):
@@ -114,7 +118,7 @@ def test_centred_inputs_report_dead_units_and_final_loss_against_the_reference(t
     more = text_for(tmp_path / "b", HEALTHY)
     assert "zscore: 5.25% of the first-layer units are dead at init, fewer than the 31.5% at /255" in fewer
     assert "zscore: 21% of the first-layer units are dead at init, more than the 10.5% at /255" in more
-    assert "the final test loss is 0.525 (range 0.5–0.55), higher than" in more
+    assert "the final test loss is 0.525 (range 0.5–0.55), higher (paired difference +0.158" in more
 
 
 def test_without_curvature_only_the_metric_findings_are_stated(tmp_path):
@@ -191,7 +195,7 @@ def test_an_extra_setting_axis_is_a_column_and_the_transforms_are_compared_at_it
     )
     assert "At tanh, lr 0.001 the lowest final test loss is zscore's 0.315" in text
     assert "The softmax is saturated at /1" in text and "84% at step 0" in text  # tanh's numbers, not relu's
-    assert "training loss at /1000 is 0.735 (range 0.7–0.77), higher than" in text
+    assert "training loss at /1000 is 0.735 (range 0.7–0.77), higher (paired difference" in text
     # Sharpness is stated at the compared setting of the static axes (tanh) only, for every lr.
     assert "zscore: the top Hessian eigenvalue peaks at 21" in text and "relu, zscore: the top" not in text
 
