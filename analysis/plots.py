@@ -343,11 +343,13 @@ def facets(settings: Settings, rows: Iterable[Mapping[str, Any]]) -> list[tuple[
 
 
 def facet_title(settings: Settings, key: Key, keys: Iterable[Key] = ()) -> str:
-    """The facet's values on the static axes that vary among ``keys`` (all of them without keys)."""
+    """The facet's values on the static axes that vary among ``keys`` (all of them without keys),
+    two to a line so that three panels to a row keep their titles apart."""
     static = static_settings(settings)
     keys = list(keys)
     shown = [i for i in range(len(static.axes)) if not keys or len({k[i] for k in keys}) > 1] or [0]
-    return ", ".join(f"{static.axes[i].name} {value_text(static.axes[i], key[i])}" for i in shown)
+    parts = [f"{static.axes[i].name} {value_text(static.axes[i], key[i])}" for i in shown]
+    return "\n".join(", ".join(parts[i : i + 2]) for i in range(0, len(parts), 2))
 
 
 def new_figure(ncols: int, title: str, nrows: int = 1, width: float = 5.0) -> tuple[Figure, np.ndarray]:
@@ -614,14 +616,14 @@ def plot_grad_norms(
         sources.append((curvature, "step", "optimiser step", "at measurement steps (curvature.csv)"))
     series = Series.of(settings, [r for rows, *_ in sources for r in rows])
     fig, panels = new_figure(
-        len(sources), f"Gradient norm by {series.noun()} (line: median over seeds; band: min..max)"
+        len(sources), f"Gradient norm (line: median over seeds; band: min..max)\nby {series.noun()}"
     )
     for ax, (rows, x_field, xlabel, where) in zip(panels, sources, strict=True):
         draw_bands(ax, bands(rows, settings, x_field, "grad_norm"), series, ".", log=False)
         ax.set_yscale("symlog", linthresh=1e-3)
         ax.set_xlabel(xlabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("||∇loss||₂ (loss / parameter), symlog: 0 is drawn")
+        ax.set_ylabel("||∇loss||₂, symlog (0 is drawn)")
         ax.set_title(f"Gradient norm {where}")
     figure_legend(fig, panels, ncol=3, fontsize="x-small")
     return fig

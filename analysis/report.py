@@ -444,10 +444,16 @@ def sharpness_sentences(f) -> list[str]:
             text += f"; it is above 2/lr = {num(s['threshold'])} in {pct(s['above'])} of {s['n']} measurements"
         if "adam" in entry:
             s = entry["adam"]
-            text += (
-                f"; Adam's preconditioned sharpness peaks at {num(entry['adam_peak'])} and is above its threshold "
-                f"{num(s['threshold'])} in {pct(s['above'])} of {s['n']} measurements"
-            )
+            if entry.get("adam_peak") == 0:
+                text += (
+                    f"; Adam's preconditioned sharpness is 0 at every one of its {s['n']} measurements (median over "
+                    "seeds): the loss is flat on the measured examples, not merely below the threshold"
+                )
+            else:
+                text += (
+                    f"; Adam's preconditioned sharpness peaks at {num(entry['adam_peak'])} and is above its threshold "
+                    f"{num(s['threshold'])} in {pct(s['above'])} of {s['n']} measurements"
+                )
         out.append(text + ".")
     if any("adam" in e for e in compared):
         out.append(

@@ -222,3 +222,13 @@ def test_a_small_real_run_writes_its_heatmap_hyperplanes_and_answers(idx_folder,
         a, b = planes[rows[(seed, "/1", 1e-3)]], planes[rows[(seed, "/255", 1e-3)]]
         assert a["cut_frac"] == b["cut_frac"] and a["distance_median"] == pytest.approx(b["distance_median"], rel=1e-4)
     assert "## Q6. Does centring help, as the accepted answer says?" in text and "cut it, median distance" in text
+
+
+def test_a_flat_landscape_is_said_to_be_flat_not_to_peak_at_zero(tmp_path):
+    outcomes = dict(SATURATED, **{"/1": Outcome(final_loss=12.9, final_acc=0.2, clipped=0.8, top_eig=0.0,
+                                                adam_sharpness=0.0)})  # fmt: skip
+    text = text_for(tmp_path, outcomes)
+    assert "/1: the top Hessian eigenvalue peaks at 0" in text
+    assert "Adam's preconditioned sharpness is 0 at every one of its 12 measurements" in text
+    assert "sharpness peaks at 0 " not in text
+    assert "not defined at step 0" in text  # why the step-0 value is missing
