@@ -66,9 +66,10 @@ def _prepared(settings: dict, dataset, num_models: int, batch_size: int, hidden:
 def _row(point, g, timing, memory: dict, num_train: int, peak: float) -> dict:
     num_models, batch_size, hidden = point
     rate = throughput(num_models, num_train, timing.call_s[0], g.num_params, peak)
-    block_state = g.models_per_block * 4 * g.num_params * 4  # params, grads, two moments (float32)
+    per_model = 4 * g.num_params * 4  # params, grads, two moments (float32)
     return {"models": num_models, "batch_size": batch_size, "hidden": hidden, "num_params": g.num_params,
-            "models_per_block": g.models_per_block, "block_state_bytes": block_state, **memory, **rate,
+            "models_per_block": g.models_per_block, "block_state_bytes": g.models_per_block * per_model,
+            "state_bytes": num_models * per_model // g.devices, **memory, **rate,
             "samples_per_s_per_model": rate["samples_per_s"] / num_models}  # fmt: skip
 
 
@@ -76,23 +77,26 @@ def _bends(rows: list[dict], caches: dict) -> list[dict]:
     """Marks each row whose training GFLOP/s (all its models together) fell below BEND of the last point's.
 
     More models or wider layers give the matmuls more work per step; once the cores are busy the
-    rate should hold flat, so a fall marks a bend.
+    rate should hold flat, so a fall marks a bend, explained by the cache level its state crossed.
     """
     for previous, row in zip(rows, rows[1:], strict=False):
         row["rate_vs_previous"] = row["gflops"] / previous["gflops"]
         if row["rate_vs_previous"] < BEND:
-            row["bend"] = _why(row, caches)
+            row["bend"] = _why(previous, row, caches)
     return rows
 
 
-def _why(row: dict, caches: dict) -> str:
-    state = row["block_state_bytes"]
-    for level in ("L2", "L3"):
-        size = caches.get(level)
-        if size and state > size:
-            mib = f"{state / 2**20:.1f} MiB"
-            return f"the {mib} a block of models steps together exceeds the {level} ({size / 2**20:.0f} MiB)"
-    return "the stepped state still fits the caches: not a cache effect (memory bandwidth or scheduling)"
+def _why(previous: dict, row: dict, caches: dict) -> str:
+    """The cache level that the models stepped together (a block), or the whole grid, newly outgrew."""
+    for what, key in (
+        ("a block of models steps together", "block_state_bytes"),
+        ("each device's models hold", "state_bytes"),
+    ):
+        for level in ("L2", "L3"):
+            size = caches.get(level)
+            if size and previous[key] <= size < row[key]:
+                return f"the {row[key] / 2**20:.1f} MiB {what} outgrew the {level} ({size / 2**20:.0f} MiB)"
+    return "no cache level newly outgrown since the previous point: memory bandwidth, or this shared machine's noise"
 
 
 def cpu_caches() -> dict:
