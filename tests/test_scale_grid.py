@@ -116,6 +116,7 @@ def test_the_default_is_the_posts_study_of_arms():
 def test_quick_is_the_same_study_on_a_slice_and_seeds_or_epochs_keep_it():
     quick = config_of("--quick")
     assert len(quick.grid.programs) == 7 and quick.data.train_limit == 2048 and quick.train.epochs == 1
+    assert not quick.curvature.enabled and config_of().curvature.enabled
     assert config_of("--seeds", 4, "--epochs", 3).grid.programs and config_of("--seeds", 4).grid.seeds == 4
 
 
