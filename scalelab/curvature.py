@@ -393,6 +393,89 @@ def _trace_estimate(samples: jax.Array) -> TraceEstimate:
     return TraceEstimate(jnp.mean(samples), jnp.std(samples, ddof=1) / math.sqrt(samples.shape[0]))
 
 
+def _products(matvec: Matvec, rows: jax.Array) -> jax.Array:
+    """``(k, n)`` rows ``H x_i``, one matvec at a time (``lax.map``: memory of one HVP)."""
+    return lax.map(matvec, rows)
+
+
+def _orthonormal_rows(rows: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(Q, R)`` with ``rows.T = Q.T R``: Q's ``k`` rows an orthonormal basis of the rows' span."""
+    q, r = jnp.linalg.qr(rows.T)
+    return q.T, r
+
+
+def hutchpp_trace(matvec: Matvec, key: jax.Array, num_matvecs: int, dim: int, dtype=None) -> TraceEstimate:
+    """``tr H`` by Hutch++ (Meyer, Musco, Musco & Woodruff 2021, Alg. 1) with ``num_matvecs`` matvecs.
+
+    ``k = num_matvecs // 3`` Rademacher sketch vectors give ``Q = orth(H S)`` (k matvecs); the
+    top of the spectrum is counted exactly as ``tr(Q^T H Q)`` (k matvecs) and the rest by
+    Hutchinson on the deflated ``(I - QQ^T) H (I - QQ^T)`` with the remaining ``p >= 2`` probes.
+    ``stderr`` is the deflated samples' ``std(ddof=1) / sqrt(p)``: a standard error conditional on
+    ``Q`` (the exact part has none). Hutch++'s ``O(1/m)`` error bound is relative to the nuclear
+    norm, which is ``|tr H|`` only for positive semi-definite ``H``; for an indefinite Hessian
+    (``sum |lambda| >> |sum lambda|``) the deflation still removes the large eigenvalues of either
+    sign, but the guarantee says nothing about the relative error of the trace.
+    """
+    k = num_matvecs // 3
+    p = num_matvecs - 2 * k
+    if k < 1 or p < 2:
+        raise ValueError(f"num_matvecs={num_matvecs} must be at least 4 (a sketch vector, its product and two probes)")
+    k_sketch, k_probes = jax.random.split(key)
+    q, _ = _orthonormal_rows(_products(matvec, rademacher_probes(k_sketch, k, dim, dtype)))
+    exact = jnp.sum(q * _products(matvec, q))
+    g = rademacher_probes(k_probes, p, dim, q.dtype)
+    g = g - (g @ q.T) @ q
+    samples = _row_products(matvec, g, jnp.zeros(p, g.dtype))[1]
+    deflated = _trace_estimate(samples)
+    return TraceEstimate(exact + deflated.estimate, deflated.stderr)
+
+
+def xtrace(matvec: Matvec, key: jax.Array, num_matvecs: int, dim: int, dtype=None) -> TraceEstimate:
+    """``tr H`` by XTrace (Epperly, Tropp & Webber 2024, SIMAX 45(1), Alg. 2.1), ``num_matvecs`` matvecs.
+
+    ``s = num_matvecs // 2`` Gaussian vectors ``Omega`` give ``Y = H Omega`` and ``Q R = Y``
+    (s matvecs), ``Z = H Q`` (s matvecs). For each ``i``, Hutch++ is run with the basis of the
+    *other* columns, ``Q_(i)``, and ``omega_i`` as its one probe, which is independent of ``Q_(i)``:
+    ``t_i = tr(Q_(i)^T H Q_(i)) + omega_i^T (I - P_i) H (I - P_i) omega_i``, each unbiased. The
+    estimate is ``mean(t_i)``, the error bar ``std(t_i) / sqrt(s)`` (the paper's; the ``t_i`` are
+    exchangeable, not independent, so it is an estimate of the error, not a sample variance of
+    independent draws). Every ``t_i`` is computed in the ``s``-dimensional coordinates of ``Q``
+    (``xtrace_samples``): no matvecs beyond the ``2 s``.
+    """
+    s = num_matvecs // 2
+    if s < 2:
+        raise ValueError(f"num_matvecs={num_matvecs} must be at least 4 (two leave-one-out samples)")
+    dtype = jnp.result_type(float) if dtype is None else dtype
+    omega = jax.random.normal(key, (s, dim), dtype)
+    y = _products(matvec, omega)
+    q, r = _orthonormal_rows(y)
+    samples = xtrace_samples(omega, y, q, r, _products(matvec, q))
+    return TraceEstimate(jnp.mean(samples), jnp.std(samples, ddof=1) / math.sqrt(s))
+
+
+def xtrace_samples(omega: jax.Array, y: jax.Array, q: jax.Array, r: jax.Array, z: jax.Array) -> jax.Array:
+    """XTrace's ``(s,)`` leave-one-out estimates from ``omega, Y = H omega, Y^T = Q^T R, Z = H Q`` (rows).
+
+    ``Q_(i)`` spans ``Y``'s columns but ``i``: inside ``span(Q)`` it is the complement of the unit
+    ``u_i`` orthogonal to every column of ``R`` but the ``i``-th, ``u_i ∝ R^{-T} e_i``. With
+    ``C = Q^T H Q``, ``w = Q^T omega_i``, ``c = u^T w`` and the residual ``rho = omega_i - Q^T w``
+    (``H rho`` is never formed: ``Q H omega_i = R_i``), the two terms are
+    ``tr C - u^T C u`` and ``rho^T H rho + 2 c u^T (R_i - C w) + c^2 u^T C u`` with
+    ``rho^T H rho = omega_i^T y_i - 2 w^T R_i + w^T C w``.
+    """
+    c_mat = q @ z.T
+    c_mat = (c_mat + c_mat.T) / 2  # H is symmetric; rounding is not
+    u = jax.scipy.linalg.solve_triangular(r, jnp.eye(r.shape[0], dtype=r.dtype), trans="T", lower=False)
+    u = u / jnp.linalg.norm(u, axis=0, keepdims=True)  # column i: u_i
+    w = q @ omega.T  # column i: Q^T omega_i
+    cu, cw = c_mat @ u, c_mat @ w
+    ucu = jnp.sum(u * cu, axis=0)
+    coef = jnp.sum(u * w, axis=0)
+    rho_h_rho = jnp.sum(omega * y, axis=1) - 2 * jnp.sum(w * r, axis=0) + jnp.sum(w * cw, axis=0)
+    cross = 2 * coef * jnp.sum(u * (r - cw), axis=0)
+    return jnp.trace(c_mat) - ucu + rho_h_rho + cross + coef**2 * ucu
+
+
 class SpectralDensity(NamedTuple):
     density: jax.Array  # (G,) smoothed eigenvalue density on the grid; integrates to ~1
     nodes: jax.Array  # (num_probes, m) Gauss quadrature nodes (Ritz values) per probe
