@@ -384,6 +384,14 @@ def hutchinson_trace(matvec: Matvec, key: jax.Array, num_probes: int, dim: int, 
     Unbiased; its variance is ``2 (||H||_F^2 - sum_j H_jj^2) / num_probes``, estimated here by the
     sample standard deviation (``ddof=1``, so ``num_probes >= 2``) over ``sqrt(num_probes)``.
     Probes are ``rademacher_probes(key, num_probes, dim, dtype)``, one matvec each (``lax.map``).
+
+    The default trace of a run: its error bar is the sample standard error of independent,
+    identically distributed samples, honest for any symmetric ``H``, definite or not. Hutch++ and
+    XTrace (below) spend the same matvecs better when a few eigenvalues dominate ``||H||_F``, but
+    Hutch++'s guarantee is relative to the nuclear norm (``|tr H|`` only for a PSD ``H``) and
+    XTrace's error bar comes from dependent leave-one-out samples: on an indefinite 160-parameter
+    MLP Hessian (tests/test_trace_estimators.py) the 2-standard-error bars covered the exact
+    trace for 94.5% (Hutchinson), 91.5% (Hutch++) and 87.5% (XTrace) of 200 keys.
     """
     probes = rademacher_probes(key, num_probes, dim, dtype)
     return _trace_estimate(_row_products(matvec, probes, jnp.zeros(num_probes, probes.dtype))[1])
