@@ -21,7 +21,7 @@ def test_quick_bench_on_two_host_devices_writes_sane_figures(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     done = subprocess.run(
         [sys.executable, "-m", "experiments.bench", "--quick", "--host-devices", "2", "--compare-one-device",
-         "--out", str(out)],
+         "--no-startup", "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -65,6 +65,18 @@ def test_quick_bench_on_two_host_devices_writes_sane_figures(tmp_path):
     assert curv["converged_on_model_0"] and curv["model_0_rel_residual"] <= 1e-3
     assert curv["worst_rel_residual"] <= 1e-3  # the other seeds converge as fast at initialisation
     assert all(r["vmapped_over_sequential"] > 0 and r["eigenvalue_range"][0] > 0 for r in curv["results"])
+    flops = 2 * 512 * (curv["num_steps"] + 1) * curv["hvp_flops_per_sample"]  # 2 models' HVPs on 512 examples
+    row = curv["results"][0]
+    assert row["vmapped_gflops"] == pytest.approx(row["models"] * flops / 2 / row["vmapped_s"] / 1e9)
+    assert row["sequential_frac_of_peak"] == pytest.approx(row["sequential_gflops"] / peak)
+    traces = report["trace_estimators"]
+    assert traces["num_params"] == train["num_params"] and traces["exact_trace"] > 0
+    assert [(r["name"], r["matvecs"]) for r in traces["results"]] == [
+        (n, 12) for n in ("hutchinson", "hutchpp", "xtrace")
+    ]
+    for r in traces["results"]:  # 12 matvecs on a 101,770-parameter Hessian: errors of a few percent to tens
+        assert 0 <= r["rel_error"] < 1 and 0 < r["rel_stderr"] < 1 and 0 <= r["within_2_stderr"] <= 1
+    assert report["startup"] is None
     assert set(report["headline"]["training_vmapped_over_sequential"]) == {"M1_b32", "M8_b32"}
     assert "vmap/seq" in done.stdout
 
@@ -102,6 +114,74 @@ def test_the_entry_point_starts_without_jax_and_help_lists_every_flag():
     assert done.returncode == 0, done.stderr
     flags = ["--models", "--batch-sizes", "--train-limit", "--test-limit", "--repeats", "--gemm-size",
              "--sequential-max", "--curvature-models", "--curvature-examples", "--lanczos-steps", "--curvature-loss",
-             "--no-curvature", "--models-per-block", "--compare-one-device", "--keras", "--host-devices", "--data",
-             "--data-dir", "--out", "--quick", "--debug"]  # fmt: skip
+             "--no-curvature", "--no-traces", "--no-startup", "--trace-matvecs", "--trace-keys",
+             "--startup-train-limit", "--models-per-block", "--compare-one-device", "--keras", "--host-devices",
+             "--data", "--data-dir", "--out", "--quick", "--debug"]  # fmt: skip
     assert all(flag in done.stdout for flag in flags)
+
+
+@pytest.mark.parametrize("loss", ["keras-ce", "mse"])
+def test_the_exact_trace_of_a_one_hidden_layer_net_equals_the_dense_hessians(loss):
+    """traces.exact_trace (per-example Hessians of the pre-activations and logits) against the trace of
+    jax.hessian of the raveled batch loss, in float64, on a 12-6-4 MLP with a transform in the loss."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.flatten_util import ravel_pytree
+
+    from experiments.bench import traces
+    from scalelab.losses import get_loss
+    from scalelab.models import MLP
+    from scalelab.train import Batch, Hypers, batch_loss
+
+    rng = np.random.default_rng(0)
+    model, loss_fn = MLP(hidden=(6,), num_classes=4), get_loss(loss)
+    batch = Batch(rng.integers(0, 256, (40, 12)).astype(np.float64), rng.integers(0, 4, 40), np.ones(40))
+    hypers = Hypers(shift=rng.normal(size=12) * 10, scale=np.full(12, 1 / 60.0), lr=np.float64(1e-3))
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), model.init(jax.random.PRNGKey(0), batch.x[:1]))
+        flat, unravel = ravel_pytree(params)
+        dense = jax.hessian(lambda w: batch_loss(model, loss_fn, unravel(w), hypers, batch)[0])(flat)
+        expected = float(jnp.trace(dense))
+    assert abs(expected) > 1e-3
+    np.testing.assert_allclose(traces.exact_trace(model, loss_fn, hypers, params, batch), expected, rtol=1e-10)
+
+
+def test_the_hvp_flop_count_is_xlas_for_the_benched_mlp():
+    """curvature.hvp_flops_per_sample against XLA's cost analysis of the compiled HVP of 784-128-10 on
+    256 examples (its count, matmuls plus elementwise work, measured 0.1% below ours)."""
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+
+    from experiments.bench.curvature import hvp_flops_per_sample, mlp_widths
+    from scalelab import curvature
+    from scalelab.losses import get_loss
+    from scalelab.models import MLP
+
+    model, x, y = MLP(hidden=(128,)), jnp.ones((256, 784)), jnp.zeros(256, jnp.int32)
+    params = model.init(jax.random.PRNGKey(0), x[:1])
+    hvp = functools.partial(curvature.hvp, lambda p: get_loss("keras-ce")(model.apply(p, x), y).mean())
+    cost = jax.jit(hvp).lower(params, params).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    assert mlp_widths(params) == (784, 128, 10)
+    ours = hvp_flops_per_sample(mlp_widths(params))
+    assert ours == 6 * (784 * 128 + 128 * 10) + 10 * 128 * 10
+    assert cost["flops"] / 256 == pytest.approx(ours, rel=0.01)
+
+
+def test_startup_runs_the_default_study_cold_then_warm_in_fresh_processes(idx_folder):
+    """startup_bench on a small IDX dataset: two child processes share one fresh cache directory, the
+    first writes it and the second reads it; the figures are consistent with the epochs' end times."""
+    from experiments.bench import startup
+
+    up = startup.startup_bench({"startup_train_limit": 256}, "idx", str(idx_folder))  # 256 train, 64 test
+    assert up["models"] == 21 and up["cache_entries"] >= 1  # the default grid: 3 seeds x 7 inputs
+    for side in ("cold", "warm"):
+        run = up[side]
+        first, second = run["epoch_ends_s"]
+        assert 0 < first < second and run["first_epoch_s"] == first
+        assert run["start_to_first_step_s"] == pytest.approx(first - (second - first))
+    assert up["warm_over_cold"] == pytest.approx(up["warm"]["first_epoch_s"] / up["cold"]["first_epoch_s"])
+    assert up["warm_first_epoch_s"] == up["warm"]["first_epoch_s"] and isinstance(up["met"], bool)

@@ -33,6 +33,9 @@ def build_parser() -> cli.Parser:
         ("--curvature-examples", cli.positive_int, "examples in the loss whose Hessian is probed"),
         ("--lanczos-steps", cli.int_list, f"candidate step counts; the smallest reaching {CURVATURE_TOL:g} "
          "relative residual on model 0 is used"),
+        ("--startup-train-limit", cli.positive_int, "training examples per epoch of the start-up study"),
+        ("--trace-matvecs", cli.int_list, "matvec counts at which the trace estimators are compared"),
+        ("--trace-keys", cli.positive_int, "independent keys per trace estimator and matvec count"),
     ]  # fmt: skip
     for flag, kind, text in flags:
         default = DEFAULTS[flag[2:].replace("-", "_")]
@@ -66,6 +69,18 @@ def _add_switches(p: cli.Parser) -> None:
         help="also time every grid that is spread over several devices on the first device alone, interleaved "
         "with the rest (one_device and devices_over_one_device in each row)",
     )
+    p.add_argument(
+        "--traces",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compare Hutchinson, Hutch++ and XTrace against the bench net's exact Hessian trace (default on)",
+    )
+    p.add_argument(
+        "--startup",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time the default study's first epoch in fresh processes, compilation cache empty and full (default on)",
+    )
     p.add_argument("--keras", action="store_true", help="also time Keras model.fit of one model, if keras is installed")
     p.add_argument(
         "--host-devices",
@@ -76,6 +91,8 @@ def _add_switches(p: cli.Parser) -> None:
 
 
 def _csv(value) -> str:
+    if value is None:
+        return "all"
     return ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
 
 
@@ -85,7 +102,7 @@ def run(argv) -> int:
                 "compare_one_device": args.compare_one_device}  # fmt: skip
     jax_preloaded = request_host_devices(args.host_devices)
     # Only now: JAX may initialise from here on.
-    from experiments.bench import curvature, environment, gemm, keras, training
+    from experiments.bench import curvature, environment, gemm, keras, startup, traces, training
     from scalelab.data import load_dataset
 
     started = time.perf_counter()
@@ -98,7 +115,10 @@ def run(argv) -> int:
     report["gemm_peak_gflops"] = peak = report["gemm"]["gemm_peak_gflops"]
     report["training"] = training.training_bench(settings, dataset, peak)
     report["keras"] = keras.keras_bench(settings, dataset) if args.keras else dict(keras.NOT_REQUESTED)
-    report["curvature"] = curvature.curvature_bench(settings, dataset) if args.curvature else None
+    report["curvature"] = curvature.curvature_bench(settings, dataset, peak) if args.curvature else None
+    report["trace_estimators"] = traces.trace_bench(settings, dataset) if args.traces else None
+    data = (args.data or "fashion_mnist", None if args.data_dir is None else str(args.data_dir))
+    report["startup"] = startup.startup_bench(settings, *data) if args.startup else None
     reports.finish(report, started)
     out = args.out or Path("runs") / f"{PROG}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     reports.write_json(out, report)

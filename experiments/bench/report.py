@@ -2,6 +2,7 @@
 
 Top-level keys, in order: ``schema``, ``command``, ``flags``, ``environment``, ``gemm``,
 ``gemm_peak_gflops``, ``training``, ``keras``, ``curvature`` (null with ``--no-curvature``),
+``trace_estimators`` (null with ``--no-traces``), ``startup`` (null with ``--no-startup``),
 ``headline``, ``wall_s``. ``start`` fills the first three, ``finish`` the last two.
 """
 
@@ -17,8 +18,9 @@ from experiments.bench.settings import PROG, SCHEMA
 def start(argv, settings: dict, args) -> dict:
     """The report's schema, command line and every setting it ran with."""
     report = {"schema": SCHEMA, "command": ["python", "-m", f"experiments.{PROG}", *argv]}
-    report["flags"] = {**settings, "curvature": args.curvature, "keras": args.keras, "quick": args.quick,
-                       "host_devices": args.host_devices, "data": args.data or "fashion_mnist"}  # fmt: skip
+    report["flags"] = {**settings, "curvature": args.curvature, "traces": args.traces, "startup": args.startup,
+                       "keras": args.keras, "quick": args.quick, "host_devices": args.host_devices,
+                       "data": args.data or "fashion_mnist"}  # fmt: skip
     return report
 
 
@@ -51,6 +53,7 @@ def headline(report: dict) -> dict:
         "curvature_vmapped_over_sequential": None
         if report["curvature"] is None
         else {f"M{r['models']}": r["vmapped_over_sequential"] for r in report["curvature"]["results"]},
+        "startup_warm_over_cold": None if report["startup"] is None else report["startup"]["warm_over_cold"],
     }
 
 
@@ -69,6 +72,10 @@ def format_report(report: dict) -> str:
     ]
     if report["curvature"] is not None:
         lines += ["", *_curvature_lines(report["curvature"])]
+    if report["trace_estimators"] is not None:
+        lines += ["", *_trace_lines(report["trace_estimators"])]
+    if report["startup"] is not None:
+        lines += ["", *_startup_lines(report["startup"])]
     return "\n".join(lines)
 
 
@@ -131,11 +138,45 @@ def _curvature_lines(curv: dict) -> list[str]:
         f"{curv['num_steps']} Lanczos steps (relative residual on model 0: {curv['model_0_rel_residual']:.1e}; "
         f"worst over all models {curv['worst_rel_residual']:.1e}; tolerance {curv['tolerance']:g})",
     ]
-    header = f"{'M':>4} | {'vmapped s':>9} {'one-at-a-time s':>15} | {'vmap/seq':>8} | {'compile s':>9}"
+    header = (f"{'M':>4} | {'vmapped s':>9} {'GFLOP/s':>8} {'peak':>5} | {'one-at-a-time s':>15} {'GFLOP/s':>8} "
+              f"{'peak':>5} | {'vmap/seq':>8} | {'compile s':>9}")  # fmt: skip
     lines += [header, "-" * len(header)]
     for r in curv["results"]:
         lines.append(
-            f"{r['models']:>4} | {r['vmapped_s']:>9.3f} {r['sequential_s']:>15.3f} | "
+            f"{r['models']:>4} | {r['vmapped_s']:>9.3f} {r['vmapped_gflops']:>8.1f} "
+            f"{r['vmapped_frac_of_peak']:>5.0%} | "
+            f"{r['sequential_s']:>15.3f} {r['sequential_gflops']:>8.1f} {r['sequential_frac_of_peak']:>5.0%} | "
             f"{r['vmapped_over_sequential']:>8.2f} | {r['compile_s']:>9.1f}"
+        )
+    lines.append(f"GFLOP/s: {curv['hvps_per_model']} HVPs per model at {curv['hvp_flops_per_sample']:,} matmul "
+                 "FLOPs per example (forward-over-reverse; reorthogonalisation not counted)")  # fmt: skip
+    return lines
+
+
+def _startup_lines(up: dict) -> list[str]:
+    cold, warm = up["cold"], up["warm"]
+    return [
+        f"start-up: the default study ({up['models']} models, {up['train_examples'] or 'all'} train examples, "
+        f"2 epochs) in a fresh process, compilation cache empty (cold) then full (warm, {up['cache_entries']} entries)",
+        f"first epoch: cold {cold['first_epoch_s']:.1f} s, warm {warm['first_epoch_s']:.1f} s "
+        f"(warm/cold {up['warm_over_cold']:.2f}, target <= {up['target_warm_over_cold']:g}); later epoch "
+        f"{cold['later_epoch_s']:.1f} / {warm['later_epoch_s']:.1f} s",
+        f"process start to first training step: cold {cold['start_to_first_step_s']:.1f} s, warm "
+        f"{warm['start_to_first_step_s']:.1f} s (target < {up['target_warm_start_s']:g} s)",
+    ]
+
+
+def _trace_lines(tr: dict) -> list[str]:
+    lines = [
+        f"trace estimators: Hessian trace of the curvature problem ({tr['num_params']:,} parameters, "
+        f"{tr['examples']} examples), exact {tr['exact_trace']:.6g} ({tr['exact_method']}); {tr['keys']} keys each",
+    ]
+    header = (f"{'estimator':>10} {'matvecs':>7} | {'rel error':>9} {'rel stderr':>10} | {'RMS rel error':>13} "
+              f"{'RMS rel stderr':>14} {'within 2 se':>11}")  # fmt: skip
+    lines += [header, "-" * len(header)]
+    for r in tr["results"]:
+        lines.append(
+            f"{r['name']:>10} {r['matvecs']:>7} | {r['rel_error']:>9.2e} {r['rel_stderr']:>10.2e} | "
+            f"{r['rms_rel_error']:>13.2e} {r['rms_rel_stderr']:>14.2e} {r['within_2_stderr']:>11.0%}"
         )
     return lines

@@ -18,10 +18,12 @@ DEFAULTS = {
     "models": (1, 8, 32, 128), "batch_sizes": (32, 256), "train_limit": 4096, "test_limit": 256,
     "repeats": 2, "gemm_size": 2048, "sequential_max": 32, "curvature_models": (1, 16, 64),
     "curvature_examples": 2048, "lanczos_steps": (8, 16, 24, 32, 48, 64), "curvature_loss": "keras-ce",
+    "startup_train_limit": None, "trace_matvecs": (30,), "trace_keys": 5,
 }  # fmt: skip
 QUICK = {
     "models": (1, 8), "batch_sizes": (32,), "train_limit": 512, "test_limit": 256, "repeats": 1,
     "gemm_size": 1024, "sequential_max": 8, "curvature_models": (1, 4), "curvature_examples": 512,
+    "startup_train_limit": 512, "trace_matvecs": (12,), "trace_keys": 3,
 }  # fmt: skip
 
 
