@@ -140,28 +140,33 @@ LAYER_PROBES = (
 HIDDEN_PROBES = ("dead_frac", "always_on_frac", "saturated_frac", "preact_mean", "preact_std")
 
 
-def curvature_columns(axes: Sequence[Axis], num_hidden: int, top_k: int) -> list[str]:
-    """The columns of curvature.csv for a grid's ``axes``, ``num_hidden`` hidden layers and ``top_k`` eigenvalues."""
+def curvature_columns(axes: Sequence[Axis], num_hidden: int, top_k: int, trace: bool = True) -> list[str]:
+    """The columns of curvature.csv for a grid's ``axes``, ``num_hidden`` hidden layers and ``top_k``
+    eigenvalues; ``trace``: with the Hutchinson trace columns (``trace``, ``trace_stderr``, ``layer_i_trace``)."""
     columns = ["model", *axis_names(axes), *POSITION_COLUMNS, *SCALAR_PROBES]
     for i in range(num_hidden + 1):
-        columns += [f"{name}_{i}" for name, _ in LAYER_PROBES] + [f"layer_{i}_top_eig", f"layer_{i}_trace"]
+        columns += [f"{name}_{i}" for name, _ in LAYER_PROBES] + [f"layer_{i}_top_eig"]
+        columns += [f"layer_{i}_trace"] if trace else []
     for j in range(num_hidden):
         columns += [f"{name}_{j}" for name in HIDDEN_PROBES]
     columns += [f"top_eig_{r + 1}" for r in range(top_k)] + [f"top_res_{r + 1}" for r in range(top_k)]
-    columns += ["bottom_eig_1", "bottom_res_1", "trace", "trace_stderr"]
+    columns += ["bottom_eig_1", "bottom_res_1", *(["trace", "trace_stderr"] if trace else [])]
     columns += ["adam_sharpness", "adam_sharpness_res", "sgd_threshold", "adam_threshold"]
     return columns
 
 
-def study_curvature_columns(config) -> list[str]:
+def study_curvature_columns(config, trace: bool | None = None) -> list[str]:
     """curvature.csv's columns for a study: its axes and its deepest program's layers.
 
-    A shallower program's rows leave the deeper layers' columns empty (read back as NaN).
+    A shallower program's rows leave the deeper layers' columns empty (read back as NaN). The trace
+    columns are there when the study estimates the trace (``curvature.trace_probes`` >= 2; runs
+    written before this rule have them either way: ``trace=True`` gives that layout).
     """
     from scalelab.schema import grid_axes
 
     depth = max(len(single.model.hidden) for _, single in config.programs())
-    return curvature_columns(grid_axes(config), depth, config.curvature.top_k)
+    with_trace = config.curvature.trace_probes >= 2 if trace is None else trace
+    return curvature_columns(grid_axes(config), depth, config.curvature.top_k, with_trace)
 
 
 def model_numbers(m: Measurement, num_hidden: int) -> dict[str, float]:

@@ -77,6 +77,15 @@ def rows_csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return out.getvalue()
 
 
+def _header(path: Path) -> list[str]:
+    """A CSV file's header (empty when it cannot be read: ``read_table`` then says why)."""
+    try:
+        with open(path, newline="") as f:
+            return next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+
+
 def read_table(path: Path, columns: Sequence[str] | None = None) -> list[dict[str, str]]:
     """A CSV file's rows as text; ``columns``: the header it must have. Damage is a one-line error."""
     try:
@@ -208,7 +217,11 @@ class RunDir:
         if not self.curvature_path.exists():
             raise ScalelabError(f"{self.curvature_path} is missing; the run recorded no curvature (--no-curvature?)")
         config = self.config()
-        return read_curvature(self.curvature_path, grid_axes(config), study_curvature_columns(config))
+        columns = study_curvature_columns(config)
+        legacy = study_curvature_columns(config, trace=True)  # before trace-free runs dropped the NaN columns
+        if legacy != columns and _header(self.curvature_path) == legacy:
+            columns = legacy
+        return read_curvature(self.curvature_path, grid_axes(config), columns)
 
     def summary(self) -> dict[str, Any]:
         if not self.summary_path.exists():

@@ -174,3 +174,25 @@ def test_cli_curvature_flags(idx_folder, tmp_path, capsys):
     assert scale_grid.main([*base, "--top-k", "9", "--lanczos-steps", "4", "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err
     assert "--top-k 9" in err and err.count("\n") == 1
+
+
+def test_a_run_without_trace_probes_writes_no_trace_columns_and_reads_older_runs_that_have_them(tiny_dataset, tmp_path):
+    cfg = config(curvature=CurvatureConfig(examples=32, lanczos_steps=4, trace_probes=0, density_probes=0),
+                 train=TrainConfig(epochs=1, batch_size=16, loss="ce"))  # fmt: skip
+    run = RunDir.create(tmp_path / "run", cfg)
+    run_grid(cfg, tiny_dataset, run)
+    with open(run.curvature_path) as f:
+        header = next(csv.reader(f))
+    assert not [c for c in header if "trace" in c]
+    assert header == measure.study_curvature_columns(cfg)
+    rows = run.curvature()
+    assert all(any(math.isfinite(r[c]) for r in rows) for c in header[len(header) - 4 : -1])  # no all-NaN tail
+    # A run written before the rule kept NaN trace columns: it still reads, with them.
+    legacy = measure.study_curvature_columns(cfg, trace=True)
+    text = run.curvature_path.read_text().splitlines()
+    cells = [line.split(",") for line in text[1:]]
+    positions = {c: i for i, c in enumerate(header)}
+    lines = [",".join(row[positions[c]] if c in positions else "nan" for c in legacy) for row in cells]
+    run.curvature_path.write_text("\n".join([",".join(legacy), *lines]) + "\n")
+    old = run.curvature()
+    assert all(math.isnan(r["trace"]) for r in old) and [r["top_eig_1"] for r in old] == [r["top_eig_1"] for r in rows]
