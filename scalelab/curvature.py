@@ -230,6 +230,31 @@ def _restart_vector(step: jax.Array, n: int, dtype) -> jax.Array:
     return (h.astype(dtype) / 2.0**31 - 1).astype(dtype)
 
 
+def _restart(j: jax.Array, basis: jax.Array) -> jax.Array:
+    """A unit vector orthogonal to ``basis``'s rows: the Lanczos restart after a breakdown at step ``j``."""
+    return _normalise(_orthogonalise(_restart_vector(j, basis.shape[1], basis.dtype), basis))
+
+
+@jax.custom_batching.custom_vmap
+def _restart_if(broke: jax.Array, j: jax.Array, basis: jax.Array) -> jax.Array:
+    """``_restart(j, basis)`` if ``broke``, else zeros, computed only when needed.
+
+    Vmapped over models, a ``lax.cond`` on a batched predicate becomes a select that runs both
+    branches, and the restart's two passes over ``basis`` doubled the (memory-bound)
+    reorthogonalisation of every step. The batching rule restarts only when *some* model broke
+    down (rarely: an exact invariant subspace), for all models at once.
+    """
+    return lax.cond(broke, lambda: _restart(j, basis), lambda: jnp.zeros_like(basis[0]))
+
+
+@_restart_if.def_vmap
+def _restart_if_batched(axis_size: int, in_batched: list[bool], broke, j, basis):
+    broke, j, basis = (x if batched else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
+                       for x, batched in zip((broke, j, basis), in_batched, strict=True))  # fmt: skip
+    restarted = lax.cond(jnp.any(broke), lambda: jax.vmap(_restart)(j, basis), lambda: jnp.zeros_like(basis[:, 0]))
+    return jnp.where(broke[:, None], restarted, 0), True
+
+
 def lanczos(matvec: Matvec, v0: jax.Array, num_steps: int) -> LanczosResult:
     """``num_steps`` Lanczos steps with full reorthogonalisation (Lanczos 1950; Golub & Van Loan
     2013, Alg. 10.1.1 with complete reorthogonalisation).
@@ -257,9 +282,6 @@ def lanczos(matvec: Matvec, v0: jax.Array, num_steps: int) -> LanczosResult:
     basis = jnp.zeros((num_steps, n), dtype).at[0].set(_normalise(v0))
     zeros = jnp.zeros(num_steps, dtype)
 
-    def restart(j, basis):
-        return _normalise(_orthogonalise(_restart_vector(j, n, dtype), basis))
-
     def step(j, carry):
         basis, alphas, betas, norm_est = carry
         q = basis[j]
@@ -270,7 +292,7 @@ def lanczos(matvec: Matvec, v0: jax.Array, num_steps: int) -> LanczosResult:
         beta = jnp.linalg.norm(w)
         norm_est = jnp.maximum(norm_est, jnp.abs(alpha) + beta + beta_prev)
         broke = beta <= tol * norm_est
-        q_next = lax.cond(broke, lambda: restart(j, basis), lambda: w / jnp.where(broke, 1, beta))
+        q_next = jnp.where(broke, _restart_if(broke, j, basis), w / jnp.where(broke, 1, beta))
         basis = basis.at[j + 1].set(q_next, mode="drop")
         alphas = alphas.at[j].set(alpha)
         betas = betas.at[j].set(jnp.where(broke, 0, beta))

@@ -239,6 +239,20 @@ def test_lanczos_restarts_at_breakdown_without_nans(diagonal):
     np.testing.assert_allclose(np.linalg.eigvalsh(C.tridiagonal(run)), np.sort(diagonal), atol=1e-13)
 
 
+@JIT
+def test_vmapped_lanczos_restarts_exactly_the_models_that_break_down(jit):
+    """The restart's batching rule (``_restart_if``) runs only when some model broke down, for all of
+    them, and keeps the others' vectors: each model of the batch equals its own unbatched run, one
+    that never breaks down (distinct eigenvalues) beside ones that break down at steps 1 to 3."""
+    diagonals = jnp.asarray([np.arange(1.0, 9.0), np.full(8, 2.0), [3.0, 3, 3, 1, 1, 0, 0, 0], np.zeros(8)])
+    batched = _maybe_jit(jax.vmap(_diagonal_lanczos, in_axes=(0, None)), jit)(diagonals, jnp.ones(8))
+    assert np.count_nonzero(batched.betas[0] == 0) == 0 and np.all(np.count_nonzero(batched.betas[1:] == 0, 1) > 0)
+    for i, diagonal in enumerate(diagonals):
+        single = _diagonal_lanczos(diagonal, jnp.ones(8))
+        for got, want in zip(batched, single, strict=True):
+            np.testing.assert_allclose(got[i], want, rtol=1e-12, atol=1e-13)
+
+
 def test_lanczos_works_in_float32(problem, spectrum):
     params32 = jax.tree.map(lambda a: a.astype(jnp.float32), problem.params)
     x32 = problem.x.astype(np.float32)
