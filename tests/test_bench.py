@@ -69,6 +69,9 @@ def test_quick_bench_on_two_host_devices_writes_sane_figures(tmp_path):
     row = curv["results"][0]
     assert row["vmapped_gflops"] == pytest.approx(row["models"] * flops / 2 / row["vmapped_s"] / 1e9)
     assert row["sequential_frac_of_peak"] == pytest.approx(row["sequential_gflops"] / peak)
+    assert [r["models_per_block"] for r in curv["results"]] == [1, 4]  # cache blocks of 4 on a CPU
+    for r in curv["results"]:  # the same eigenvalues, in blocks or all at once
+        assert r["blocked_over_sequential"] > 0 and r["blocked_max_abs_diff"] <= 1e-4 * r["eigenvalue_range"][1]
     traces = report["trace_estimators"]
     assert traces["num_params"] == train["num_params"] and traces["exact_trace"] > 0
     assert [(r["name"], r["matvecs"]) for r in traces["results"]] == [
