@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.scalelab-installed
 ARGS ?=
 
-.PHONY: run test data lint bench clean
+.PHONY: run test data lint bench bench-anchors clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ lint: $(STAMP)
 
 bench: $(STAMP) data
 	$(PY) -m experiments.bench $(ARGS)
+
+# The benchmark with PyHessian raced beside scalelab's curvature: installs torch (CPU) and PyHessian first.
+bench-anchors: $(STAMP) data
+	$(PY) -m pip install -q -e '.[anchors]'
+	$(PY) -m experiments.bench --pyhessian $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

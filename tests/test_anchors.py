@@ -32,5 +32,5 @@ def test_the_closed_form_trace_equals_a_dense_float64_hessians_trace():
 
 def test_without_torch_the_anchor_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "pyhessian", None)  # import pyhessian now raises ImportError
-    result = anchors.pyhessian_bench({}, dataset=None)
+    result = anchors.pyhessian_bench({"anchor_models": 2, "pyhessian_models": 1}, dataset=None)
     assert result == {"available": False, "why": anchors.NOT_INSTALLED["why"]} and "make bench-anchors" in result["why"]

@@ -58,6 +58,12 @@ def test_quick_bench_on_two_host_devices_writes_sane_figures(tmp_path):
             assert 0 < figures["frac_of_peak"] < 1.5
             assert figures["gflops"] == pytest.approx(figures["frac_of_peak"] * peak, rel=1e-9)
         assert row["vmapped_over_sequential"] > 0 and row["sequential"]["sequential_method"]
+    axes = report["numeric_axes"]  # on by default: every numeric axis against lr alone, same M
+    assert axes["models"] == 16 and axes["finite"] and axes["throughput_ratio"] > 0
+    assert axes["every_axis"]["variants"] == "2 inputs x 2 lrs x 2 init_scales x 2 epsilons"
+    assert report["headline"]["numeric_axes_throughput_ratio"] == axes["throughput_ratio"]
+    assert report["cost_curve"] is None and report["anchors"]["pyhessian"]["available"] is False
+    assert "numeric axes (16 models" in done.stdout and "PyHessian anchor: not requested" in done.stdout
     assert report["keras"]["samples_per_s"] is None
 
     curv = report["curvature"]

@@ -14,10 +14,10 @@ against float64 references on the models PyHessian runs:
   matrix of those gradients has a closed form (``exact_relu_trace``; tested against a dense
   float64 Hessian).
 
-scalelab runs vmapped over all ``NUM_MODELS`` models (one compiled program); PyHessian, which has
-no batch of models, runs each of the first ``PYHESSIAN_MODELS`` one after another with its defaults
-(power iteration to ``tol`` 1e-3, Hutchinson to ``tol`` 1e-3, at most 100 products). Figures are
-seconds per model.
+scalelab runs vmapped over all ``anchor_models`` models (one compiled program, 64 by default);
+PyHessian, which has no batch of models, runs each of the first ``pyhessian_models`` (8) one after
+another with its defaults (power iteration to ``tol`` 1e-3, Hutchinson to ``tol`` 1e-3, at most 100
+products). Figures are seconds per model.
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ from scalelab import curvature
 from scalelab.losses import get_loss
 from scalelab.train import Batch, batch_loss
 
-NUM_MODELS, PYHESSIAN_MODELS = 64, 8
 LANCZOS_STEPS = (4, 6, 8, 12, 16)  # scalelab's accuracy/speed trade-off; 16 is a run's default
 REFERENCE_STEPS = 128
 TRACE_PROBES = 32
 NOT_INSTALLED = {"available": False, "why": "torch and PyHessian are not installed: make bench-anchors installs them"}
+NOT_REQUESTED = {"available": False, "why": "not requested (--pyhessian; make bench-anchors)"}
 
 
 def pyhessian_bench(settings: dict, dataset) -> dict:
@@ -51,16 +51,17 @@ def pyhessian_bench(settings: dict, dataset) -> dict:
     except ImportError:
         return dict(NOT_INSTALLED)
     program, hypers, batch = curvature_problem({**settings, "curvature_loss": "ce"}, dataset)
+    models, theirs_count = settings["anchor_models"], settings["pyhessian_models"]
     params = jax.vmap(lambda k: program.model.init(k, jnp.zeros((1, batch.x.shape[1]))))(
-        jax.vmap(jax.random.PRNGKey)(jnp.arange(NUM_MODELS))
+        jax.vmap(jax.random.PRNGKey)(jnp.arange(models))
     )
-    say(f"anchors: float64 references for {PYHESSIAN_MODELS} models")
-    references = [_reference(program, hypers, batch, _model(params, m)) for m in range(PYHESSIAN_MODELS)]
-    say(f"anchors: scalelab, {NUM_MODELS} models vmapped; PyHessian, {PYHESSIAN_MODELS} models one at a time")
-    ours = _scalelab(program, hypers, batch, params, references)
+    say(f"anchors: float64 references for {theirs_count} models")
+    references = [_reference(program, hypers, batch, _model(params, m)) for m in range(theirs_count)]
+    say(f"anchors: scalelab, {models} models vmapped; PyHessian, {theirs_count} models one at a time")
+    ours = _scalelab(program, hypers, batch, params, references, models)
     _pyhessian(program, hypers, batch, _model(params, 0))  # untimed: torch's first call sets itself up
-    theirs = [_pyhessian(program, hypers, batch, _model(params, m)) for m in range(PYHESSIAN_MODELS)]
-    return _summary(ours, theirs, references)
+    theirs = [_pyhessian(program, hypers, batch, _model(params, m)) for m in range(theirs_count)]
+    return {**_summary(ours, theirs, references), "models": models}
 
 
 def _model(params, m: int):
@@ -100,18 +101,18 @@ def exact_relu_trace(params, x: jax.Array) -> jax.Array:
     return jnp.mean(diagonal - jnp.einsum("ik,ikl,il->i", p, gram, p))
 
 
-def _scalelab(program, hypers, batch: Batch, params, references) -> dict:
+def _scalelab(program, hypers, batch: Batch, params, references, models: int) -> dict:
     top = top_eigenvalue_fn(program.model, get_loss("ce"), hypers)
     n = ravel_pytree(_model(params, 0))[0].size
-    v0 = jax.random.normal(jax.random.PRNGKey(7), (NUM_MODELS, n), jnp.float32)
+    v0 = jax.random.normal(jax.random.PRNGKey(7), (models, n), jnp.float32)
     out = {}
     for steps in LANCZOS_STEPS:
         fn = jax.jit(jax.vmap(lambda p, v, s=steps: top(p, v, batch, s)[0]))
         values, seconds = _timed(fn, params, v0)
-        out[f"top_{steps}"] = {"s_per_model": seconds / NUM_MODELS, "errors": _errors(values, references, "top")}
+        out[f"top_{steps}"] = {"s_per_model": seconds / models, "errors": _errors(values, references, "top")}
     trace = jax.jit(jax.vmap(lambda p: _hutchinson(program, hypers, batch, p)))
     estimates, seconds = _timed(trace, params)
-    out["trace"] = {"s_per_model": seconds / NUM_MODELS, "probes": TRACE_PROBES,
+    out["trace"] = {"s_per_model": seconds / models, "probes": TRACE_PROBES,
                     "errors": _errors(estimates, references, "trace")}  # fmt: skip
     return out
 
@@ -143,10 +144,12 @@ def _errors(values: np.ndarray, references: list[dict], key: str) -> list[float]
 
 def _pyhessian(program, hypers, batch: Batch, params) -> dict:
     """PyHessian on one model: its top eigenvalue and trace with its defaults, timed."""
-    import pyhessian.hessian as module
+    import importlib
+
     import torch
     from pyhessian import hessian
 
+    module = importlib.import_module("pyhessian.hessian")  # the module: the package's name is the class
     products = 0
     plain_product = module.hessian_vector_product
 
@@ -207,7 +210,7 @@ def _summary(ours: dict, theirs: list[dict], references: list[dict]) -> dict:
         "pyhessian_products": statistics.median(t["top_products"] for t in theirs),
     }  # fmt: skip
     return {
-        "available": True, "models": NUM_MODELS, "pyhessian_models": len(theirs),
+        "available": True, "pyhessian_models": len(theirs),
         **row(matching), "at_default_accuracy": row(default),
         "lanczos_sweep": {str(s): ours[f"top_{s}"] for s in LANCZOS_STEPS},
         "trace": {"scalelab_s": ours["trace"]["s_per_model"], "scalelab_probes": TRACE_PROBES,

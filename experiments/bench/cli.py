@@ -81,6 +81,22 @@ def _add_switches(p: cli.Parser) -> None:
         default=True,
         help="time the default study's first epoch in fresh processes, compilation cache empty and full (default on)",
     )
+    p.add_argument(
+        "--numeric-axes",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="race a grid over inputs x lr x init scale x eps against one over lr alone, same M (default on)",
+    )
+    p.add_argument(
+        "--cost-curve",
+        action="store_true",
+        help="also the cost curve: M = 1..1024 models (batch 32, 256), H = 32..2048, chunking checked",
+    )
+    p.add_argument(
+        "--pyhessian",
+        action="store_true",
+        help="also race PyHessian's top eigenvalue and trace (torch; make bench-anchors installs it)",
+    )
     p.add_argument("--keras", action="store_true", help="also time Keras model.fit of one model, if keras is installed")
     p.add_argument(
         "--host-devices",
@@ -102,7 +118,8 @@ def run(argv) -> int:
                 "compare_one_device": args.compare_one_device}  # fmt: skip
     jax_preloaded = request_host_devices(args.host_devices)
     # Only now: JAX may initialise from here on.
-    from experiments.bench import curvature, environment, gemm, keras, startup, traces, training
+    from experiments.bench import anchors, cost_curve, curvature, environment, gemm, keras, numeric_axes  # noqa: I001
+    from experiments.bench import startup, traces, training
     from scalelab.data import load_dataset
 
     started = time.perf_counter()
@@ -119,6 +136,13 @@ def run(argv) -> int:
     report["trace_estimators"] = traces.trace_bench(settings, dataset) if args.traces else None
     data = (args.data or "fashion_mnist", None if args.data_dir is None else str(args.data_dir))
     report["startup"] = startup.startup_bench(settings, *data) if args.startup else None
+    axes_models = settings["numeric_axes_models"]
+    report["numeric_axes"] = (
+        numeric_axes.numeric_axes_bench(settings, dataset, axes_models) if args.numeric_axes else None
+    )
+    report["cost_curve"] = cost_curve.cost_curve_bench(settings, dataset, peak) if args.cost_curve else None
+    pyhessian = anchors.pyhessian_bench(settings, dataset) if args.pyhessian else dict(anchors.NOT_REQUESTED)
+    report["anchors"] = {"pyhessian": pyhessian}
     reports.finish(report, started)
     out = args.out or Path("runs") / f"{PROG}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     reports.write_json(out, report)

@@ -9,7 +9,7 @@ together) bends, the row says how the state the models step together compares wi
 (sysfs), the usual cause.
 
 The chunking check trains one small study twice, once with the chunks a forced small memory budget
-gives: the metrics must be byte-identical.
+gives: the metrics must agree to the grid's float32 tolerance (and are byte-identical on one device).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ MODELS = (1, 4, 16, 64, 256, 1024)
 WIDTHS = (32, 128, 512, 2048)
 WIDTH_MODELS = 8  # models per point of the width curve
 CHUNK_MODELS = 3
+CHUNKING_RTOL = 2e-4  # tests/test_grid.py's GRID_RTOL
 BEND = 0.85  # a point whose per-model rate falls below 85% of the previous point's marks a bend
 
 
@@ -131,5 +132,14 @@ def chunking_check(dataset) -> dict:
         whole = study.run(config, Path(tmp) / "whole", progress=False, dataset=dataset)
         parts = study.run(chunked, Path(tmp) / "chunked", progress=False, dataset=dataset)
         same = (whole.path / "metrics.csv").read_bytes() == (parts.path / "metrics.csv").read_bytes()
+        worst = max(_relative_difference(a, b) for a, b in zip(whole.metrics(), parts.metrics(), strict=True))
+    # Chunks change how many models share a device's matmuls, hence float32 rounding (the library's
+    # guarantee, tested: rtol 2e-4, tests/test_grid.py); bit-identity holds where the layout is the same.
     return {"models": config.num_models, "budget_bytes": budget, "models_per_chunk": CHUNK_MODELS,
-            "chunks": -(-config.num_models // CHUNK_MODELS), "identical_metrics": same}  # fmt: skip
+            "chunks": -(-config.num_models // CHUNK_MODELS), "bit_identical": same,
+            "max_relative_difference": worst, "identical_metrics": worst <= CHUNKING_RTOL}  # fmt: skip
+
+
+def _relative_difference(a: dict, b: dict) -> float:
+    keys = ("train_loss", "test_loss", "test_acc", "grad_norm")
+    return max(abs(a[k] - b[k]) / max(abs(b[k]), 1e-12) for k in keys)

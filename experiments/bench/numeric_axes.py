@@ -74,15 +74,3 @@ def prepare(config: RunConfig, dataset) -> PreparedGrid:
     steps = program.num_steps(len(plan.data.train_x))
     return PreparedGrid(compiled, data, [[states, hypers, keys]], 0.0, block, mesh.devices.size,
                         count_params(program.model, input_dim), steps)  # fmt: skip
-
-
-def format_rows(result: dict | None) -> list[str]:
-    """The report's lines for this section."""
-    if not result:
-        return []
-    verdict = "meets" if result["meets_target"] else "misses"
-    return [
-        f"numeric axes ({result['models']} models, batch {result['batch_size']}): {result['every_axis']['variants']} "
-        f"at {result['throughput_ratio']:.3f}x the model-samples/s of {result['lr_only']['variants']} "
-        f"({verdict} the {result['target']} target)"
-    ]

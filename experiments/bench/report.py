@@ -3,6 +3,8 @@
 Top-level keys, in order: ``schema``, ``command``, ``flags``, ``environment``, ``gemm``,
 ``gemm_peak_gflops``, ``training``, ``keras``, ``curvature`` (null with ``--no-curvature``),
 ``trace_estimators`` (null with ``--no-traces``), ``startup`` (null with ``--no-startup``),
+``numeric_axes`` (null with ``--no-numeric-axes``), ``cost_curve`` (null without ``--cost-curve``),
+``anchors`` (``pyhessian``: ``available`` false without ``--pyhessian`` or torch),
 ``headline``, ``wall_s``. ``start`` fills the first three, ``finish`` the last two.
 """
 
@@ -19,6 +21,7 @@ def start(argv, settings: dict, args) -> dict:
     """The report's schema, command line and every setting it ran with."""
     report = {"schema": SCHEMA, "command": ["python", "-m", f"experiments.{PROG}", *argv]}
     report["flags"] = {**settings, "curvature": args.curvature, "traces": args.traces, "startup": args.startup,
+                       "numeric_axes": args.numeric_axes, "cost_curve": args.cost_curve, "pyhessian": args.pyhessian,
                        "keras": args.keras, "quick": args.quick, "host_devices": args.host_devices,
                        "data": args.data or "fashion_mnist"}  # fmt: skip
     return report
@@ -57,7 +60,10 @@ def headline(report: dict) -> dict:
         if report["curvature"] is None
         else {f"M{r['models']}": r["blocked_over_sequential"] for r in report["curvature"]["results"]},
         "startup_warm_over_cold": None if report["startup"] is None else report["startup"]["warm_over_cold"],
-    }
+        "numeric_axes_throughput_ratio": None if report["numeric_axes"] is None
+        else report["numeric_axes"]["throughput_ratio"],
+        "pyhessian_speedup": report["anchors"]["pyhessian"].get("speedup"),
+    }  # fmt: skip
 
 
 def format_report(report: dict) -> str:
@@ -79,7 +85,48 @@ def format_report(report: dict) -> str:
         lines += ["", *_trace_lines(report["trace_estimators"])]
     if report["startup"] is not None:
         lines += ["", *_startup_lines(report["startup"])]
+    lines += [*_numeric_axes_lines(report["numeric_axes"]), *_cost_curve_lines(report["cost_curve"])]
+    lines += _anchor_lines(report["anchors"]["pyhessian"])
     return "\n".join(lines)
+
+
+def _numeric_axes_lines(result: dict | None) -> list[str]:
+    if not result:
+        return []
+    verdict = "meets" if result["meets_target"] else "misses"
+    return ["", f"numeric axes ({result['models']} models, batch {result['batch_size']}): "
+            f"{result['every_axis']['variants']} at {result['throughput_ratio']:.3f}x the model-samples/s of "
+            f"{result['lr_only']['variants']} ({verdict} the {result['target']} target)"]  # fmt: skip
+
+
+def _cost_curve_lines(curve: dict | None) -> list[str]:
+    if not curve:
+        return []
+    lines = ["", f"cost curve ({curve['train_examples']} examples an epoch; memory: XLA's account of the epoch):"]
+    for row in curve["models"] + curve["widths"]:
+        bend = f"  <- {row['bend']}" if "bend" in row else ""
+        point = f"  M={row['models']:>4} batch {row['batch_size']:>3} H={row['hidden']:>4}"
+        lines.append(f"{point}: {row['gflops']:7.1f} GFLOP/s ({row['frac_of_peak']:.0%} of peak), "
+                     f"{row['xla_bytes'] / 2**20:,.0f} MiB{bend}")  # fmt: skip
+    chunking = curve["chunking"]
+    same = "byte-identical" if chunking["bit_identical"] else f"within {chunking['max_relative_difference']:.1e}"
+    verdict = "" if chunking["identical_metrics"] else " (beyond the grid's 2e-4: a bug)"
+    lines.append(
+        f"  chunking: {chunking['models']} models whole and in {chunking['chunks']} chunks: metrics {same}{verdict}"
+    )
+    return lines
+
+
+def _anchor_lines(anchor: dict) -> list[str]:
+    if not anchor.get("available"):
+        return ["", f"PyHessian anchor: {anchor['why']}"]
+    top, trace = anchor, anchor["trace"]
+    return ["", f"PyHessian anchor ({anchor['models']} models vmapped; PyHessian on {anchor['pyhessian_models']}): "
+            f"top eigenvalue {top['speedup']:.1f}x faster per model at {top['lanczos_steps']} Lanczos steps "
+            f"(error {top['scalelab_rel_error']:.1e} vs PyHessian's {top['pyhessian_rel_error']:.1e}); "
+            f"{anchor['at_default_accuracy']['speedup']:.1f}x at the default 16 steps; trace "
+            f"{trace['speedup']:.1f}x (error {trace['scalelab_rel_error']:.1%} vs "
+            f"{trace['pyhessian_rel_error']:.1%})"]  # fmt: skip
 
 
 def _training_lines(train: dict) -> list[str]:
