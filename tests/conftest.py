@@ -16,10 +16,13 @@ import pytest
 # compilation cache, shared through the environment, compiles each once per machine. Set before
 # JAX is imported, since JAX reads these at import.
 # One cache per checkout: two checkouts testing at once (a clean clone beside a working tree) must
-# not read each other's half-written entries (seen: a segfault deserialising one).
+# not read each other's half-written entries (seen: a segfault deserialising one); likewise one per
+# pytest-xdist worker (``make test`` runs two, one per core of CI's machine).
 _CHECKOUT = hashlib.sha256(str(Path(__file__).resolve().parents[1]).encode()).hexdigest()[:12]
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
 os.environ.setdefault(
-    "JAX_COMPILATION_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"scalelab-tests-jax-cache-{_CHECKOUT}")
+    "JAX_COMPILATION_CACHE_DIR",
+    str(Path(tempfile.gettempdir()) / f"scalelab-tests-jax-cache-{_CHECKOUT}-{_WORKER}"),
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 

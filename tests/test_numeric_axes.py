@@ -102,7 +102,7 @@ def test_an_optimizer_axis_trains_each_model_as_it_would_with_that_value_alone(
     rows = {(r["inputs"], r[axis]): r for r in run.metrics()}
     curvature = {(r["inputs"], r[axis]): r for r in run.curvature() if r["epoch"] == 1}
     assert set(rows) == {(i, v) for i in ("/255", "zscore") for v in values}
-    for value in values:
+    for value in values[1:]:  # the axis's other value alone (the first is the other models of the grid)
         opt = dataclasses.replace(cfg.optimizer, **{"eps" if axis == "eps" else axis: value})
         alone = study.run(dataclasses.replace(cfg, optimizer=opt, grid=dataclasses.replace(cfg.grid, **{field: None})),
                           tmp_path / f"alone-{value}", progress=False)  # fmt: skip

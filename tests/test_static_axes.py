@@ -102,39 +102,6 @@ def test_programs_of_different_depths_share_one_curvature_table(idx_folder, tmp_
     assert run.params(1, deep[0]["model"])["params"]["Dense_1"]["kernel"].shape == (8, 4)
 
 
-def test_a_study_of_several_programs_resumes_bit_identically_after_a_crash(idx_folder, tmp_path):
-    """Killed after its third chunk-epoch (inside the second program), resumed: the same tables.
-
-    The kill itself (SIGKILL between checkpoints) is test_resume's; here, the position across programs.
-    """
-    from scalelab.data import load_dataset
-    from scalelab.results import RunDir
-    from scalelab.runner import run_grid
-
-    config = dataclasses.replace(
-        base(idx_folder), grid=dataclasses.replace(base(idx_folder).grid, lrs=(1e-2,), programs=(
-            {"model.activation": "relu", "train.loss": "keras-ce"}, {"model.activation": "tanh", "train.loss": "mse"},
-        )),
-    )  # fmt: skip
-    dataset = load_dataset("idx", idx_folder)
-    study.run(config, tmp_path / "reference", progress=False, dataset=dataset)
-
-    class Crash(Exception):
-        pass
-
-    def crash_after_three(done, total, rows):
-        if done == 3:
-            raise Crash
-
-    killed = RunDir.create(tmp_path / "killed", config)
-    with pytest.raises(Crash):
-        run_grid(config, dataset, killed, on_epoch=crash_after_three)
-    assert json.loads((killed.path / "status.json").read_text())["state"] == "running"
-    study.run(config, killed.path, resume=True, progress=False, dataset=dataset)
-    for name in ("metrics.csv", "curvature.csv"):
-        assert (killed.path / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
-
-
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
