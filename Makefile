@@ -19,8 +19,10 @@ data:
 run: $(STAMP) data
 	$(PY) -m experiments.scale_grid $(ARGS)
 
+# Two workers (CI's machine has two cores; most of a test is single-threaded XLA compilation), each
+# test file on one worker so that its programs compile once (conftest: one compile cache per worker).
 test: $(STAMP) data
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadfile $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check scalelab experiments analysis tests
