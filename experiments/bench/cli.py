@@ -49,15 +49,26 @@ def build_parser() -> cli.Parser:
     return p
 
 
+# What is measured: (flag, on by default, help). On by default: --no-FLAG turns it off.
+SECTIONS = (
+    ("--curvature", True, "time the top Hessian eigenvalue, vmapped vs one model at a time"),
+    ("--traces", True, "compare Hutchinson, Hutch++ and XTrace against the bench net's exact Hessian trace"),
+    ("--startup", True, "time the default study's first epoch in fresh processes, compilation cache empty and full"),
+    ("--numeric-axes", True, "race a grid over inputs x lr x init scale x eps against one over lr alone, same M"),
+    ("--cost-curve", False, "also the cost curve: M = 1..1024 models (batch 32, 256), H = 32..2048, chunking checked"),
+    ("--pyhessian", False, "also race PyHessian's top eigenvalue and trace (torch; make bench-anchors installs it)"),
+    ("--keras", False, "also time Keras model.fit of one model, if keras is installed"),
+)
+
+
 def _add_switches(p: cli.Parser) -> None:
     """The flags that choose what is measured and where, beside the sizes."""
     p.add_argument("--curvature-loss", choices=("keras-ce", "ce"), help="loss for the Hessian (default keras-ce)")
-    p.add_argument(
-        "--curvature",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="time the top Hessian eigenvalue, vmapped vs one model at a time (default on)",
-    )
+    for flag, on, text in SECTIONS:
+        if on:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=True, help=f"{text} (default on)")
+        else:
+            p.add_argument(flag, action="store_true", help=text)
     p.add_argument(
         "--models-per-block",
         type=cli.non_negative_int,
@@ -69,35 +80,6 @@ def _add_switches(p: cli.Parser) -> None:
         help="also time every grid that is spread over several devices on the first device alone, interleaved "
         "with the rest (one_device and devices_over_one_device in each row)",
     )
-    p.add_argument(
-        "--traces",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="compare Hutchinson, Hutch++ and XTrace against the bench net's exact Hessian trace (default on)",
-    )
-    p.add_argument(
-        "--startup",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="time the default study's first epoch in fresh processes, compilation cache empty and full (default on)",
-    )
-    p.add_argument(
-        "--numeric-axes",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="race a grid over inputs x lr x init scale x eps against one over lr alone, same M (default on)",
-    )
-    p.add_argument(
-        "--cost-curve",
-        action="store_true",
-        help="also the cost curve: M = 1..1024 models (batch 32, 256), H = 32..2048, chunking checked",
-    )
-    p.add_argument(
-        "--pyhessian",
-        action="store_true",
-        help="also race PyHessian's top eigenvalue and trace (torch; make bench-anchors installs it)",
-    )
-    p.add_argument("--keras", action="store_true", help="also time Keras model.fit of one model, if keras is installed")
     p.add_argument(
         "--host-devices",
         type=cli.positive_int,
