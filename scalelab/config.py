@@ -136,10 +136,6 @@ class TrainConfig:
                 raise UsageError(f"{flag} {value!r} must be a whole number >= {low}")
 
 
-def _positive(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < float("inf")
-
-
 def _numbers(values, flag: str, above: float | None, example: str) -> tuple[float, ...]:
     """A numeric axis's values as floats: finite, each listed once, ``> above`` (or ``>= 0`` when None)."""
     low = above if above is not None else 0.0
@@ -251,12 +247,7 @@ class GridConfig:
         object.__setattr__(self, "programs", normalize_programs(self.programs))
         if self.lrs is not None:
             self._check_lrs()
-        scales = self.init_scales
-        if not isinstance(scales, tuple | list) or not scales or not all(_positive(c) for c in scales):
-            raise UsageError(f"--init-scale {scales!r}: every value must be a finite number > 0, e.g. 0.5,1,2")
-        object.__setattr__(self, "init_scales", tuple(float(c) for c in scales))
-        if len(set(self.init_scales)) < len(self.init_scales):
-            raise UsageError("--init-scale lists a value more than once; list each once")
+        object.__setattr__(self, "init_scales", _numbers(self.init_scales, "--init-scale", 0.0, "0.5,1,2"))
         if self.init_scale_layers not in ("first", "all"):
             raise UsageError(f"--init-scale-layers {self.init_scale_layers!r}: choose first or all")
         axes = (("epsilons", "--eps", 0.0, "1e-7,1e-3"), ("weight_decays", "--weight-decay", None, "0,1e-2"))
