@@ -17,6 +17,7 @@ import numpy as np
 
 from scalelab import grid as grid_lib
 from scalelab import measure, sharding
+from scalelab.models import count_params
 from scalelab.planning import GridPlan
 from scalelab.results import RunDir
 from scalelab.schema import ModelId
@@ -89,13 +90,15 @@ class Recorder:
         settings = plan.config.curvature
         self.batch = measure.measurement_batch(plan.data.train_x, plan.data.train_y, settings.examples)
         self.num_hidden = len(plan.config.model.hidden)
+        num_params = count_params(plan.program.model, plan.data.train_x.shape[1])
+        self.block = measure.measure_block(settings, num_params, jax.devices()[0].platform)
 
     def measure(self, chunk: ChunkRun, state, step: int, epoch: float) -> list[dict[str, Any]]:
         config = self.plan.config
         state, hypers = measuring_placement(chunk, (state, chunk.hypers))
         m = self.measure_fn(
             self.plan.program, config.curvature, config.optimizer, state, hypers, self.batch,
-            measure.measurement_key(step),
+            measure.measurement_key(step), block=self.block,
         )  # fmt: skip
         m, status = chunk.host(m), chunk.host(state.status)
         rows = []
@@ -116,7 +119,9 @@ class Recorder:
         state, hypers = measuring_placement(chunk, (state, chunk.hypers))
         key = measure.measurement_key(0)
         nodes, weights = chunk.host(
-            self.density_fn(self.plan.program, self.plan.config.curvature, state, hypers, self.batch, key)
+            self.density_fn(
+                self.plan.program, self.plan.config.curvature, state, hypers, self.batch, key, block=self.block
+            )
         )
         entries = [
             {**model.columns, "nodes": nodes[i, j].tolist(), "weights": weights[i, j].tolist()}

@@ -89,8 +89,8 @@ def compile_programs() -> Compiled:
         batches=jax.jit(grid_lib.epoch_batches, static_argnums=(0, 3)),
         steps=jax.jit(grid_lib.train_steps, static_argnums=0, donate_argnums=(1, 2)),
         finish=jax.jit(grid_lib.finish_epoch, static_argnums=0),
-        measure=jax.jit(measure.measure_grid, static_argnums=(0, 1, 2)),
-        density=jax.jit(measure.density_grid, static_argnums=(0, 1)),
+        measure=jax.jit(measure.measure_grid, static_argnums=(0, 1, 2), static_argnames="block"),
+        density=jax.jit(measure.density_grid, static_argnums=(0, 1), static_argnames="block"),
     )
 
 

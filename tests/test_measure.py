@@ -47,14 +47,16 @@ def test_segments_cover_the_epoch_with_at_most_two_lengths():
     assert {b - a for a, b in bounds} == {100, 75}
 
 
-def test_vmapped_measurement_equals_each_model_measured_alone(tiny_dataset):
+@pytest.mark.parametrize("block", [0, 1, 3], ids=["vmapped", "one-at-a-time", "blocks-of-3"])
+def test_vmapped_measurement_equals_each_model_measured_alone(tiny_dataset, block):
+    """All four models at once, one at a time, or in blocks of 3 (a block and a remainder of 1)."""
     plan = plan_grid(config(), tiny_dataset)
     states = grid_state(plan)
     batch = measure.measurement_batch(plan.data.train_x, plan.data.train_y, SETTINGS.examples)
     key = measure.measurement_key(0)
     hypers = jax.tree.map(jnp.asarray, plan.hypers)
-    grid_m = jax.jit(measure.measure_grid, static_argnums=(0, 1, 2))(
-        plan.program, SETTINGS, plan.config.optimizer, states, hypers, batch, key
+    grid_m = jax.jit(measure.measure_grid, static_argnums=(0, 1, 2), static_argnames="block")(
+        plan.program, SETTINGS, plan.config.optimizer, states, hypers, batch, key, block=block
     )
     measure_one = jax.jit(measure.measure_model, static_argnums=(0, 1, 2))
     for s, v in [(0, 0), (1, 1)]:
@@ -75,6 +77,26 @@ def test_vmapped_measurement_equals_each_model_measured_alone(tiny_dataset):
                 assert np.all(np.abs(a - b) <= bars), (values, a, b, bars)
             close(spectrum.trace, single.trace, rtol=1e-3)
         close(got.adam_sharpness, alone.adam_sharpness)  # nan at init, for both
+
+
+def test_density_in_blocks_equals_the_vmapped_density(tiny_dataset):
+    plan = plan_grid(config(), tiny_dataset)
+    states, hypers = grid_state(plan), jax.tree.map(jnp.asarray, plan.hypers)
+    batch = measure.measurement_batch(plan.data.train_x, plan.data.train_y, SETTINGS.examples)
+    density = jax.jit(measure.density_grid, static_argnums=(0, 1), static_argnames="block")
+    args = (plan.program, SETTINGS, states, hypers, batch, measure.measurement_key(0))
+    (nodes, weights), (blocked_nodes, blocked_weights) = density(*args), density(*args, block=3)
+    assert nodes.shape == (2, 2, SETTINGS.density_probes, SETTINGS.density_steps)
+    np.testing.assert_allclose(blocked_weights, weights, atol=1e-5)
+    np.testing.assert_allclose(blocked_nodes, nodes, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(nodes))))
+
+
+def test_a_cpu_measures_as_many_models_at_once_as_keep_their_krylov_bases_in_the_block_budget():
+    posts_net = 784 * 128 + 128 + 128 * 10 + 10
+    defaults = CurvatureConfig()  # 16 Lanczos steps, 32 density steps: 13 MB of basis a model
+    assert measure.measure_block(defaults, posts_net, "cpu") == 1
+    assert measure.measure_block(defaults, 1000, "cpu") == measure.CPU_MEASURE_BLOCK_BYTES // (32 * 1000 * 4)
+    assert measure.measure_block(defaults, posts_net, "gpu") == measure.measure_block(defaults, 10, "tpu") == 0
 
 
 def test_measured_top_eigenvalues_match_the_dense_hessian(tiny_dataset):
