@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import pytest
 
 from experiments import bench
@@ -180,13 +181,20 @@ def test_the_hvp_flop_count_is_xlas_for_the_benched_mlp():
     assert cost["flops"] / 256 == pytest.approx(ours, rel=0.01)
 
 
-def test_startup_runs_the_default_study_cold_then_warm_in_fresh_processes(idx_folder):
+def test_startup_runs_a_study_cold_then_warm_in_fresh_processes(idx_folder):
     """startup_bench on a small IDX dataset: two child processes share one fresh cache directory, the
-    first writes it and the second reads it; the figures are consistent with the epochs' end times."""
-    from experiments.bench import startup
+    first writes it and the second reads it; the figures are consistent with the epochs' end times.
+    The bench's own study is the default one (tested below); here a one-model study keeps it quick."""
+    import dataclasses
 
-    up = startup.startup_bench({"startup_train_limit": 256}, "idx", str(idx_folder))  # 256 train, 64 test
-    assert up["models"] == 21 and up["cache_entries"] >= 1  # the default grid: 3 seeds x 7 inputs
+    from experiments.bench import startup
+    from scalelab.config import CurvatureConfig, GridConfig
+
+    default = startup.startup_config({"startup_train_limit": 256}, "idx", str(idx_folder))  # 256 train, 64 test
+    small = dataclasses.replace(default, grid=GridConfig(inputs=("/255",), seeds=1),
+                                curvature=CurvatureConfig(examples=32, lanczos_steps=4, density_steps=4))  # fmt: skip
+    up = startup.startup_bench({"startup_train_limit": 256}, "idx", str(idx_folder), small)
+    assert up["models"] == 1 and up["cache_entries"] >= 1
     for side in ("cold", "warm"):
         run = up[side]
         first, second = run["epoch_ends_s"]
@@ -194,3 +202,31 @@ def test_startup_runs_the_default_study_cold_then_warm_in_fresh_processes(idx_fo
         assert run["start_to_first_step_s"] == pytest.approx(first - (second - first))
     assert up["warm_over_cold"] == pytest.approx(up["warm"]["first_epoch_s"] / up["cold"]["first_epoch_s"])
     assert up["warm_first_epoch_s"] == up["warm"]["first_epoch_s"] and isinstance(up["met"], bool)
+
+
+def test_the_startup_study_is_the_default_study_for_two_epochs_without_report_or_params(idx_folder):
+    from experiments.bench import startup
+    from scalelab.config import RunConfig
+
+    config = startup.startup_config({"startup_train_limit": 256}, "idx", str(idx_folder))
+    assert config.num_models == 21  # the default grid: 3 seeds x 7 inputs
+    assert (config.model, config.grid, config.curvature) == (RunConfig().model, RunConfig().grid, RunConfig().curvature)
+    assert config.train.epochs == 2 and not config.output.report and not config.output.save_params
+
+
+def test_the_runs_measurement_is_raced_vmapped_against_its_blocks(tiny_dataset, monkeypatch):
+    """run_measurement_bench times measure_grid both ways on the same models; a tiny block budget
+    forces blocks of one on this tiny net, and both give the same top eigenvalues."""
+    from experiments.bench import curvature
+    from scalelab import measure
+    from scalelab.config import CurvatureConfig, DataConfig, ModelConfig, RunConfig
+
+    monkeypatch.setattr(measure, "CPU_MEASURE_BLOCK_BYTES", 1)
+    config = RunConfig(data=DataConfig(name="synthetic"), model=ModelConfig(hidden=(8,)),
+                       curvature=CurvatureConfig(examples=32, lanczos_steps=6, density_steps=6))  # fmt: skip
+    row = curvature.run_measurement_bench({"measurement_models": 3, "repeats": 1}, tiny_dataset, config)
+    assert row["models"] == 3 and row["examples"] == 32 and row["lanczos_steps"] == 6
+    assert row["models_per_block"] == (1 if jax.default_backend() == "cpu" else 0)
+    assert row["vmapped_s"] > 0 and row["blocked_s"] > 0
+    assert row["blocked_over_vmapped"] == pytest.approx(row["vmapped_s"] / row["blocked_s"])
+    assert row["top_eig_max_rel_diff"] < 1e-4

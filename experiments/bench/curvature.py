@@ -8,6 +8,7 @@ The loss and its Hessian-vector products are the library's (``train.batch_loss``
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -100,6 +101,47 @@ def curvature_bench(settings: dict, dataset, peak: float) -> dict:
         "converged_on_model_0": tried[str(steps)] <= CURVATURE_TOL,
         "worst_rel_residual": float(np.max([r["worst_rel_residual"] for r in results])),
         "results": results,
+        "run_measurement": run_measurement_bench(settings, dataset) if settings["measurement_models"] else None,
+    }  # fmt: skip
+
+
+def run_measurement_bench(settings: dict, dataset, config: RunConfig | None = None) -> dict:
+    """What a run measures (``measure.measure_grid``: probes, the Hessian's and each layer's extreme
+    eigenvalues, Adam's sharpness) for ``measurement_models`` models at init, by default of the
+    default network and ``CurvatureConfig``: all at once (vmapped) against the run's blocks
+    (``measure.measure_block``; one model at a time on this CPU), interleaved, best of ``repeats``."""
+    from scalelab import grid as grid_lib
+    from scalelab import measure
+
+    count = settings["measurement_models"]
+    if config is None:
+        config = RunConfig(data=DataConfig(train_limit=settings["curvature_examples"]))
+    config = dataclasses.replace(config, grid=GridConfig(inputs=("/255",), seeds=count))
+    plan, curv = plan_grid(config, dataset), config.curvature
+    init_keys, _ = grid_lib.seed_keys(plan.seeds)
+    states = grid_lib.init_grid(plan.program, init_keys, 1, plan.data.train_x.shape[1])
+    hypers = jax.tree.map(jnp.asarray, plan.hypers)
+    batch = measurement_batch(plan.data.train_x, plan.data.train_y, curv.examples)
+    num_params = ravel_pytree(jax.tree.map(lambda a: a[0, 0], states.params))[0].shape[0]
+    block = measure.measure_block(curv, num_params, jax.default_backend())
+    say(f"curvature: the run's measurement of {count} models, vmapped and in blocks of {block or count}")
+    fn = jax.jit(measure.measure_grid, static_argnums=(0, 1, 2), static_argnames="block")
+    args = (plan.program, curv, plan.config.optimizer, states, hypers, batch, measure.measurement_key(0))
+    outputs: dict = {}
+    runs = {name: (lambda name=name, b=b: outputs.__setitem__(name, jax.block_until_ready(fn(*args, block=b))))
+            for name, b in (("vmapped", 0), ("blocked", block))}  # fmt: skip
+    for run in runs.values():  # compiles, untimed
+        run()
+    best = {name: math.inf for name in runs}
+    for _ in range(settings["repeats"]):
+        for name, run in runs.items():
+            best[name] = min(best[name], best_time(run, 1))
+    tops = [np.asarray(outputs[name].curvature.hessian.top_eigenvalues) for name in runs]
+    return {
+        "models": count, "examples": curv.examples, "lanczos_steps": curv.lanczos_steps, "models_per_block": block,
+        "vmapped_s": best["vmapped"], "blocked_s": best["blocked"],
+        "blocked_over_vmapped": best["vmapped"] / best["blocked"],
+        "top_eig_max_rel_diff": float(np.max(np.abs(tops[1] - tops[0]) / np.abs(tops[0]))),
     }  # fmt: skip
 
 

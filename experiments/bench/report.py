@@ -59,6 +59,9 @@ def headline(report: dict) -> dict:
         "curvature_blocked_over_sequential": None
         if report["curvature"] is None
         else {f"M{r['models']}": r["blocked_over_sequential"] for r in report["curvature"]["results"]},
+        "run_measurement_blocked_over_vmapped": None
+        if report["curvature"] is None
+        else (report["curvature"]["run_measurement"] or {}).get("blocked_over_vmapped"),
         "startup_warm_over_cold": None if report["startup"] is None else report["startup"]["warm_over_cold"],
         "numeric_axes_throughput_ratio": None if report["numeric_axes"] is None
         else report["numeric_axes"]["throughput_ratio"],
@@ -203,6 +206,14 @@ def _curvature_lines(curv: dict) -> list[str]:
         )
     lines.append(f"GFLOP/s: {curv['hvps_per_model']} HVPs per model at {curv['hvp_flops_per_sample']:,} matmul "
                  "FLOPs per example (forward-over-reverse; reorthogonalisation not counted)")  # fmt: skip
+    run = curv.get("run_measurement")
+    if run:
+        lines.append(
+            f"a run's measurement ({run['models']} models, {run['examples']} examples, {run['lanczos_steps']} Lanczos "
+            f"steps): vmapped {run['vmapped_s']:.2f} s, in blocks of {run['models_per_block'] or run['models']} "
+            f"{run['blocked_s']:.2f} s ({run['blocked_over_vmapped']:.2f}x; top eigenvalues within "
+            f"{run['top_eig_max_rel_diff']:.1e})"
+        )
     return lines
 
 

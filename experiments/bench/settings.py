@@ -20,14 +20,14 @@ DEFAULTS = {
     "curvature_examples": 2048, "lanczos_steps": (8, 16, 24, 32, 48, 64), "curvature_loss": "keras-ce",
     "startup_train_limit": None, "trace_matvecs": (30,), "trace_keys": 5, "numeric_axes_models": 32,
     "cost_models": (1, 4, 16, 64, 256, 1024), "cost_widths": (32, 128, 512, 2048), "cost_train_limit": 1024,
-    "anchor_models": 64, "pyhessian_models": 8,
+    "anchor_models": 64, "pyhessian_models": 8, "measurement_models": 64,
 }  # fmt: skip
 QUICK = {
     "models": (1, 8), "batch_sizes": (32,), "train_limit": 512, "test_limit": 256, "repeats": 1,
     "gemm_size": 1024, "sequential_max": 8, "curvature_models": (1, 4), "curvature_examples": 512,
     "startup_train_limit": 512, "trace_matvecs": (12,), "trace_keys": 3, "numeric_axes_models": 16,
     "cost_models": (1, 4), "cost_widths": (32, 128), "cost_train_limit": 512,
-    "anchor_models": 8, "pyhessian_models": 2,
+    "anchor_models": 8, "pyhessian_models": 2, "measurement_models": 0,
 }  # fmt: skip
 
 

@@ -45,16 +45,16 @@ def startup_config(settings: dict, data: str, data_dir: str | None):
     )
 
 
-def startup_bench(settings: dict, data: str, data_dir: str | None) -> dict:
-    """Cold then warm start of the same study; JSON ``startup``."""
-    config = startup_config(settings, data, data_dir)
+def startup_bench(settings: dict, data: str, data_dir: str | None, config=None) -> dict:
+    """Cold then warm start of the same study (``config``, default ``startup_config``); JSON ``startup``."""
+    config = startup_config(settings, data, data_dir) if config is None else config
     with tempfile.TemporaryDirectory(prefix="scalelab-bench-startup-") as tmp:
         (Path(tmp) / "config.json").write_text(json.dumps(config.to_dict()))
         runs = {name: _child_run(Path(tmp), name) for name in ("cold", "warm")}
         entries = len(list((Path(tmp) / "cache").glob("*-cache")))
     cold, warm = runs["cold"], runs["warm"]
     return {
-        "what": "the default study (all defaults, 2 epochs) in a fresh process: empty compilation cache, then full",
+        "what": "the study (default: all defaults, 2 epochs) in a fresh process: empty compilation cache, then full",
         "models": config.num_models, "train_examples": settings["startup_train_limit"], "cache_entries": entries,
         "cold": cold, "warm": warm,
         "cold_first_epoch_s": cold["first_epoch_s"], "warm_first_epoch_s": warm["first_epoch_s"],
