@@ -293,12 +293,16 @@ class CurvatureConfig:
     density_probes: int = option(2, "stochastic Lanczos quadrature probes at init (spectrum.json), 0 = none",
                                  parse=cli.non_negative_int)  # fmt: skip
     density_steps: int = option(32, "Lanczos steps per density probe", parse=cli.positive_int)
+    # The density figure draws one model per network at init, the first seed's; the density of
+    # every seed cost the posts study as much as a third of its measurements.
+    density_seeds: int = option(1, "estimate the density for the first N seeds of every setting",
+                                parse=cli.positive_int)  # fmt: skip
 
     def __post_init__(self):
         counts = {"--curvature-every": (self.every, 0), "--curvature-examples": (self.examples, 1),
                   "--top-k": (self.top_k, 1), "--lanczos-steps": (self.lanczos_steps, 1),
                   "--trace-probes": (self.trace_probes, 0), "--density-probes": (self.density_probes, 0),
-                  "--density-steps": (self.density_steps, 1)}  # fmt: skip
+                  "--density-steps": (self.density_steps, 1), "--density-seeds": (self.density_seeds, 1)}  # fmt: skip
         for flag, (value, low) in counts.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise UsageError(f"{flag} {value!r} must be a whole number >= {low}")

@@ -114,18 +114,24 @@ class Recorder:
         return rows
 
     def record_density(self, chunk: ChunkRun, state) -> None:
-        if self.run_dir is None or jax.process_index() != 0 or self.plan.config.curvature.density_probes < 1:
+        """The spectral density at init of the chunk's models among the first ``density_seeds``
+        seeds of their program (a prefix of the chunk's seeds, or none of them)."""
+        settings = self.plan.config.curvature
+        if self.run_dir is None or jax.process_index() != 0 or settings.density_probes < 1:
             return
-        state, hypers = measuring_placement(chunk, (state, chunk.hypers))
+        positions = range(len(self.plan.seeds))[chunk.coords[0]]
+        keep = sum(1 for p in positions if p < settings.density_seeds)
+        if keep == 0:
+            return
+        state, hypers = measuring_placement(chunk, (jax.tree.map(lambda x: x[:keep], state), chunk.hypers))
         key = measure.measurement_key(0)
         nodes, weights = chunk.host(
-            self.density_fn(
-                self.plan.program, self.plan.config.curvature, state, hypers, self.batch, key, block=self.block
-            )
+            self.density_fn(self.plan.program, settings, state, hypers, self.batch, key, block=self.block)
         )
         entries = [
             {**model.columns, "nodes": nodes[i, j].tolist(), "weights": weights[i, j].tolist()}
             for i, j, model in chunk_models(self.plan, chunk.coords)
+            if i < keep
         ]
         self.run_dir.add_spectrum(entries)
 

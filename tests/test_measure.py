@@ -1,6 +1,7 @@
 """Measurements during training: vmapped = per model, exact on a small net, diverged models skipped."""
 
 import csv
+import dataclasses
 import math
 
 import jax
@@ -156,13 +157,28 @@ def test_run_records_init_every_k_steps_and_epoch_ends(tiny_dataset, tmp_path):
     loss = float(batch_loss(plan.program.model, plan.program.loss_fn, params, hypers, batch)[0])
     last = next(r for r in recorded if r["model"] == 3 and r["step"] == 26)
     assert last["loss"] == pytest.approx(loss, rel=1e-5)
-    spectrum = run.spectrum_path.read_text()
-    assert '"model": 3' in spectrum
+    # The density at init: for the first seed of every setting (density_seeds 1), models 0 and 1.
+    assert [m["model"] for m in run.spectrum()["models"]] == [0, 1]
     # Measuring between stretches of steps does not change training.
     _, plain = run_grid(config(curvature=CurvatureConfig(enabled=False)), tiny_dataset)
     for a, b in zip(rows, plain, strict=True):
         for key in ("train_loss", "test_loss", "grad_norm"):
             np.testing.assert_allclose(a[key], b[key], rtol=1e-6)
+
+
+def test_the_density_is_estimated_for_the_first_density_seeds_of_every_setting_in_any_chunking(tiny_dataset, tmp_path):
+    settings = CurvatureConfig(examples=32, lanczos_steps=4, density_probes=1, density_steps=6, density_seeds=2)
+    spectra = {}
+    for name, chunk, seeds in (("all", None, 2), ("one-model-chunks", 1, 1)):
+        cfg = config(grid=GridConfig(inputs=("/1", "/255"), seeds=3), train=TrainConfig(epochs=1, batch_size=64),
+                     curvature=dataclasses.replace(settings, density_seeds=seeds))  # fmt: skip
+        run = RunDir.create(tmp_path / name, cfg)
+        run_grid(cfg, tiny_dataset, run, max_models_per_chunk=chunk)
+        spectra[name] = {m["model"]: m for m in run.spectrum()["models"]}
+    assert sorted(spectra["all"]) == [0, 1, 2, 3]  # seeds 0 and 1 of 3, both inputs
+    assert sorted(spectra["one-model-chunks"]) == [0, 1]  # seed 0, each model a chunk of its own
+    for model, entry in spectra["one-model-chunks"].items():
+        np.testing.assert_allclose(entry["nodes"], spectra["all"][model]["nodes"], rtol=1e-4, atol=1e-6)
 
 
 def test_a_diverged_model_is_skipped_with_its_reason_and_the_others_are_measured(tiny_dataset, tmp_path):
