@@ -98,15 +98,14 @@ def fit_affine(transform: InputTransform, train_images: np.ndarray) -> AffineCon
         mean, std = _global_mean_std(x)
         shift, scale = mean, 1.0 / std
     elif transform.kind == "pixel-zscore":
-        mean = x.mean(axis=0, dtype=np.float64)
-        std = x.std(axis=0, dtype=np.float64)
-        shift, scale = mean, 1.0 / np.where(std > 0, std, 1.0)
+        pixel_mean, pixel_std = _pixel_mean_std(x)
+        shift, scale = pixel_mean, 1.0 / np.where(pixel_std > 0, pixel_std, 1.0)
     elif transform.kind == "minmax":
         lo, hi = float(x.min()), float(x.max())
         half_range = (hi - lo) / 2 if hi > lo else 1.0
         shift, scale = (hi + lo) / 2, 1.0 / half_range
     elif transform.kind == "robust":
-        q25, median, q75 = np.percentile(x, [25, 50, 75])
+        q25, median, q75 = _percentiles(x, (25, 50, 75))
         iqr = q75 - q25 if q75 > q25 else 1.0
         shift, scale = median, 1.0 / iqr
     else:  # parse_transform admits no other kind
@@ -118,16 +117,77 @@ def fit_affine(transform: InputTransform, train_images: np.ndarray) -> AffineCon
 
 
 def _global_mean_std(x: np.ndarray) -> tuple[float, float]:
-    # Chunked float64 sums: the full float64 copy of 60k x 784 pixels would be 376 MB.
+    total, total_sq = _power_sums(_value_counts(x), x)
+    count = x.size
+    mean = total / count
+    std = math.sqrt(max(total_sq / count - mean * mean, 0.0))
+    return mean, (std if std > 0 else 1.0)
+
+
+# Images are uint8 almost always, so the statistics come from counts of the 256 values (a pass of
+# np.bincount) instead of float64 copies of every pixel: the default study's three fitted
+# transforms took 1.8 s of every start-up that way, 0.2 s this way, with the same float32 constants.
+def _pixel_counts(x: np.ndarray) -> np.ndarray | None:
+    """(D, 256): how often each value occurs at each pixel of uint8 images ``x`` (N, D); None for
+    other dtypes. Column by column: np.bincount of all N * D pixels at once would first copy them
+    to int64 (376 MB for Fashion-MNIST, 1.1 s against 0.17 s)."""
+    if x.dtype != np.uint8:
+        return None
+    return np.stack([np.bincount(column, minlength=256) for column in np.ascontiguousarray(x.T)])
+
+
+def _value_counts(x: np.ndarray) -> np.ndarray | None:
+    """How often each of the 256 values occurs in uint8 ``x`` (N, D) (None for other dtypes)."""
+    counts = _pixel_counts(x)
+    return None if counts is None else counts.sum(axis=0)
+
+
+def _power_sums(counts: np.ndarray | None, x: np.ndarray) -> tuple[float, float]:
+    """(sum x, sum x^2): exact from uint8 counts, else chunked float64 sums (no full float64 copy)."""
+    if counts is not None:
+        values = np.arange(256, dtype=np.int64)
+        return float(counts @ values), float(counts @ values**2)  # integers below 2^53: exact
     total = total_sq = 0.0
     for start in range(0, len(x), 8192):
         chunk = x[start : start + 8192].astype(np.float64)
         total += chunk.sum()
         total_sq += np.square(chunk).sum()
-    count = x.size
-    mean = total / count
-    std = math.sqrt(max(total_sq / count - mean * mean, 0.0))
-    return mean, (std if std > 0 else 1.0)
+    return total, total_sq
+
+
+def _pixel_mean_std(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's mean and (population) standard deviation over the images ``x`` (N, D)."""
+    n = len(x)
+    counts = _pixel_counts(x) if n <= 10**7 else None  # beyond, n * s2 below could overflow int64
+    if counts is None:
+        return x.mean(axis=0, dtype=np.float64), x.std(axis=0, dtype=np.float64)
+    values = np.arange(256, dtype=np.int64)
+    s1, s2 = counts @ values, counts @ values**2  # exact integers
+    # n^2 var = n s2 - s1^2, exact in int64, then rounded once:
+    # closer to the true value than numpy's two-pass float64 std (1e-12 apart on Fashion-MNIST,
+    # the same float32 constants)
+    return s1 / n, np.sqrt((n * s2 - s1 * s1) / float(n) ** 2)
+
+
+def _percentiles(x: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+    """``np.percentile(x, qs)`` (its default linear method); for uint8 from the value counts."""
+    counts = _value_counts(x)
+    if counts is None:
+        return [float(v) for v in np.percentile(x, qs)]
+    ends = np.cumsum(counts)  # the sorted pixels: value v fills positions [ends[v-1], ends[v])
+    last = x.size - 1
+
+    def order_statistic(i: int) -> float:
+        return float(np.searchsorted(ends, i, side="right"))
+
+    out = []
+    for q in qs:
+        h = last * (q / 100)
+        lo = math.floor(h)
+        t = h - lo
+        a, b = order_statistic(lo), order_statistic(min(lo + 1, last))
+        out.append(b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t)  # numpy's lerp, both branches
+    return out
 
 
 def apply_affine(x, shift, scale):

@@ -78,3 +78,26 @@ def test_robust_centres_the_median_and_divides_by_the_iqr(images):
     x = _transformed("robust", images)
     q25, median, q75 = np.percentile(images, [25, 50, 75])
     np.testing.assert_allclose(x, (images.reshape(500, -1) - median) / (q75 - q25), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_constants_from_uint8_value_counts_equal_numpys_float64_statistics(seed):
+    """The fits read uint8 images through their value counts; numpy on float64 copies is the reference:
+    the same means and percentiles exactly, standard deviations to float64 rounding."""
+    from scalelab.transforms import _global_mean_std, _percentiles, _pixel_mean_std
+
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, rng.integers(1, 256, endpoint=True), size=(int(rng.integers(2, 3000)), 17), endpoint=True)
+    x = x.astype(np.uint8)
+    x[:, 3] = 9  # a constant pixel
+    mean, std = _pixel_mean_std(x)
+    np.testing.assert_array_equal(mean, x.mean(axis=0, dtype=np.float64))
+    np.testing.assert_allclose(std, x.std(axis=0, dtype=np.float64), rtol=1e-12, atol=1e-12)
+    qs = tuple(rng.uniform(0, 100, size=5)) + (0.0, 25.0, 50.0, 75.0, 100.0)
+    assert _percentiles(x, qs) == [float(v) for v in np.percentile(x, qs)]
+    assert _percentiles(x.astype(np.float32), qs) == [float(v) for v in np.percentile(x, qs)]  # the float path
+    flat = x.astype(np.float64).ravel()
+    got_mean, got_std = _global_mean_std(x)
+    assert got_mean == flat.mean() or got_mean == pytest.approx(flat.mean(), rel=1e-15)
+    assert got_std == pytest.approx(flat.std(), rel=1e-12)
+    assert _global_mean_std(x) == _global_mean_std(x.astype(np.float32))  # exact sums either way

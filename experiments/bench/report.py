@@ -124,7 +124,8 @@ def _anchor_lines(anchor: dict) -> list[str]:
     if not anchor.get("available"):
         return ["", f"PyHessian anchor: {anchor['why']}"]
     top, trace = anchor, anchor["trace"]
-    return ["", f"PyHessian anchor ({anchor['models']} models vmapped; PyHessian on {anchor['pyhessian_models']}): "
+    ours, theirs = anchor["models"], anchor["pyhessian_models"]
+    return ["", f"PyHessian anchor ({ours} models, as a run measures them; PyHessian on {theirs}): "
             f"top eigenvalue {top['speedup']:.1f}x faster per model at {top['lanczos_steps']} Lanczos steps "
             f"(error {top['scalelab_rel_error']:.1e} vs PyHessian's {top['pyhessian_rel_error']:.1e}); "
             f"{anchor['at_default_accuracy']['speedup']:.1f}x at the default 16 steps; trace "
