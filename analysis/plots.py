@@ -599,7 +599,7 @@ def plot_spectra(spectrum: dict[str, Any], axes: Sequence[Axis]) -> Figure:
         ax.plot(grid, np.where(density > floor, density, np.nan), color="black")
         ax.set_yscale("log")
         key = series.settings.key(model)
-        ax.set_title(f"{series.label(key)} (seed {model[SEED]}, kernel σ={num(sigma)})")
+        ax.set_title(f"{series.label(key)}\n(seed {model[SEED]}, kernel σ={num(sigma)})")  # two lines: fits 3 a row
         ax.set_xlabel("Hessian eigenvalue (loss / parameter²)")
         ax.set_ylabel("density (per unit eigenvalue), log scale")
     return fig
