@@ -250,7 +250,7 @@ def test_a_run_with_two_lrs_draws_one_series_per_setting(tmp_path):
     np.testing.assert_allclose(line(ax, "SGD threshold 2/lr = 200").get_ydata(), [200.0] * 2)
     # The lr acts from the first step on: one spectrum per transform, not per (transform, lr).
     titles = [a.get_title() for a in plots.plot_spectra(run.spectrum, run.axes).axes]
-    assert [t.split(" (")[0] for t in titles] == list(OUTCOMES)
+    assert [t.split("\n(")[0] for t in titles] == list(OUTCOMES)
 
 
 def test_an_extra_setting_axis_gives_one_series_per_setting_in_the_axes_order():
@@ -277,7 +277,7 @@ def test_an_extra_setting_axis_gives_one_series_per_setting_in_the_axes_order():
     grads = plots.plot_grad_norms(metrics, axes, curvature)
     assert all(len(a.get_lines()) == 8 for a in grads.axes) and "(activation, inputs)" in grads.get_suptitle()
     panels = plots.plot_spectra(spectrum(spec), axes).axes  # 8 networks at init, at most 6 panels
-    assert len(panels) == plots.MAX_SPECTRA and panels[0].get_title().startswith("tanh, /1 (seed 0")
+    assert len(panels) == plots.MAX_SPECTRA and panels[0].get_title().startswith("tanh, /1\n(seed 0")
 
 
 def spelt_axis_names(path: Path) -> list[tuple[str, str]]:
