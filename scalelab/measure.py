@@ -61,9 +61,12 @@ def _without_divergence(state: TrainState) -> TrainState:
 
 def measure_model(
     program, settings: CurvatureConfig, optimizer: OptimizerConfig, state: TrainState, hypers: Hypers,
-    batch: Batch, key: jax.Array,
+    batch: Batch, key: jax.Array, after_updates: jax.Array | bool = True,
 ) -> Measurement:  # fmt: skip
-    """All measurements of one model; ``key`` fixes the start vector and probes (share it)."""
+    """All measurements of one model; ``key`` fixes the start vector and probes (share it).
+
+    ``after_updates``: False at init, where Adam's preconditioner is undefined (its bias correction
+    divides by ``1 - b2^0``) and its sharpness is NaN without being computed."""
     state = _without_divergence(state)
     params = state.params
     probes = unit_probes(
@@ -77,29 +80,36 @@ def measure_model(
     if settings.trace_probes < 2:  # no estimate (and no standard error) from fewer than two probes
         nan = lambda t: t._replace(trace=jnp.full_like(t.trace, jnp.nan), trace_stderr=jnp.full_like(t.trace, jnp.nan))  # noqa: E731
         summary = curv.CurvatureSummary(nan(summary.hessian), nan(summary.blocks))
-    sharpness = residual = jnp.array(jnp.nan, jnp.float32)
+    undefined = (jnp.array(jnp.nan, jnp.float32), jnp.array(jnp.nan, jnp.float32))
+    sharpness, residual = undefined
     if optimizer.name in ADAM_LIKE:
-        n = sum(x.size for x in jax.tree.leaves(params))
-        v0 = jax.random.normal(jax.random.fold_in(key, 1), (n,), jnp.float32)
-        eps: Any = optimizer.eps if hypers.eps is None else hypers.eps  # the model's own on an eps axis
-        adam = curv.adam_preconditioned_sharpness(
-            hvp, params, state.opt_state, v0, settings.lanczos_steps, include_bias_correction=True,
-            k=1, b1=optimizer.b1, b2=optimizer.b2, eps=eps,
-        )  # fmt: skip
-        # Adam's preconditioner needs at least one update (its bias correction divides by 1 - b2^t).
-        started = curv.find_adam_state(state.opt_state).count > 0
-        sharpness = jnp.where(started, adam.values[0], jnp.nan)
-        residual = jnp.where(started, adam.residuals[0], jnp.nan)
+
+        def adam_sharpness(_):
+            n = sum(x.size for x in jax.tree.leaves(params))
+            v0 = jax.random.normal(jax.random.fold_in(key, 1), (n,), jnp.float32)
+            eps: Any = optimizer.eps if hypers.eps is None else hypers.eps  # the model's own on an eps axis
+            adam = curv.adam_preconditioned_sharpness(
+                hvp, params, state.opt_state, v0, settings.lanczos_steps, include_bias_correction=True,
+                k=1, b1=optimizer.b1, b2=optimizer.b2, eps=eps,
+            )  # fmt: skip
+            # Adam's preconditioner needs at least one update (its bias correction divides by 1 - b2^t).
+            started = curv.find_adam_state(state.opt_state).count > 0
+            return jnp.where(started, adam.values[0], jnp.nan), jnp.where(started, adam.residuals[0], jnp.nan)
+
+        # One flag for the whole grid (unbatched), so under vmap this stays a branch: at init the
+        # Lanczos run (a quarter of the measurement's HVPs) is skipped, not computed and discarded.
+        sharpness, residual = lax.cond(after_updates, adam_sharpness, lambda _: undefined, None)
     return Measurement(probes, summary, sharpness, residual)
 
 
 def measure_grid(
-    program, settings: CurvatureConfig, optimizer: OptimizerConfig, states, hypers, batch, key, block: int = 0
+    program, settings: CurvatureConfig, optimizer: OptimizerConfig, states, hypers, batch, key, block: int = 0,
+    after_updates: jax.Array | bool = True,
 ):  # fmt: skip
-    """``measure_model`` for every model of an (S, V) grid; hypers (V, ...), batch and key shared.
-
-    ``block`` (static): models measured together (``over_models``); 0, all of them at once."""
-    one = lambda st, h: measure_model(program, settings, optimizer, st, h, batch, key)  # noqa: E731
+    """``measure_model`` for every model of an (S, V) grid; hypers (V, ...), batch, key and
+    ``after_updates`` shared. ``block`` (static): models measured together (``over_models``); 0, all
+    of them at once."""
+    one = lambda st, h: measure_model(program, settings, optimizer, st, h, batch, key, after_updates)  # noqa: E731
     return over_models(one, states, hypers, block)
 
 

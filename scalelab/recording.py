@@ -98,7 +98,7 @@ class Recorder:
         state, hypers = measuring_placement(chunk, (state, chunk.hypers))
         m = self.measure_fn(
             self.plan.program, config.curvature, config.optimizer, state, hypers, self.batch,
-            measure.measurement_key(step), block=self.block,
+            measure.measurement_key(step), block=self.block, after_updates=np.bool_(step > 0),
         )  # fmt: skip
         m, status = chunk.host(m), chunk.host(state.status)
         rows = []

@@ -80,6 +80,36 @@ def test_vmapped_measurement_equals_each_model_measured_alone(tiny_dataset, bloc
         close(got.adam_sharpness, alone.adam_sharpness)  # nan at init, for both
 
 
+def test_at_init_adams_sharpness_is_skipped_by_a_real_branch_and_the_rest_is_unchanged(tiny_dataset):
+    """``after_updates=False`` (the measurement at step 0) gives the same numbers, Adam's sharpness NaN
+    either way, and lowers to a conditional: one flag for the grid, so vmap keeps the branch."""
+    plan = plan_grid(config(), tiny_dataset)
+    states, hypers = grid_state(plan), jax.tree.map(jnp.asarray, plan.hypers)
+    batch = measure.measurement_batch(plan.data.train_x, plan.data.train_y, SETTINGS.examples)
+    fn = jax.jit(measure.measure_grid, static_argnums=(0, 1, 2), static_argnames="block")
+    args = (plan.program, SETTINGS, plan.config.optimizer, states, hypers, batch, measure.measurement_key(0))
+    computed, skipped = fn(*args, after_updates=np.bool_(True)), fn(*args, after_updates=np.bool_(False))
+    for a, b in zip(jax.tree.leaves(computed), jax.tree.leaves(skipped), strict=True):
+        np.testing.assert_array_equal(a, b)  # NaN == NaN here
+    assert np.isnan(np.asarray(skipped.adam_sharpness)).all()
+
+    def top_level_conds(cfg):  # a cond that vmap turned into a select would be gone from the top level
+        p = plan_grid(cfg, tiny_dataset)
+        jaxpr = jax.make_jaxpr(measure.measure_grid, static_argnums=(0, 1, 2))(
+            p.program,
+            SETTINGS,
+            p.config.optimizer,
+            grid_state(p),
+            hypers,
+            batch,
+            measure.measurement_key(0),
+            after_updates=np.bool_(False),
+        )
+        return sum(eqn.primitive.name == "cond" for eqn in jaxpr.jaxpr.eqns)
+
+    assert top_level_conds(config()) == top_level_conds(config(optimizer=OptimizerConfig(name="sgd"))) + 1
+
+
 def test_density_in_blocks_equals_the_vmapped_density(tiny_dataset):
     plan = plan_grid(config(), tiny_dataset)
     states, hypers = grid_state(plan), jax.tree.map(jnp.asarray, plan.hypers)
