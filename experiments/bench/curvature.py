@@ -176,10 +176,7 @@ def in_blocks(top, block: int):
     whole grid: it needs the parallelism, not the cache."""
 
     def run(models, v0, batch: Batch, num_steps: int):
-        m = jax.tree.leaves(models)[0].shape[0]
-        blocks = jax.tree.map(lambda a: a.reshape(m // block, block, *a.shape[1:]), models)
-        out = lax.map(lambda b: jax.vmap(top, in_axes=(0, None, None, None))(b, v0, batch, num_steps), blocks)
-        return jax.tree.map(lambda a: a.reshape(m, *a.shape[2:]), out)
+        return lax.map(lambda p: top(p, v0, batch, num_steps), models, batch_size=block)
 
     return run
 
