@@ -31,8 +31,8 @@ CURVATURE_CHUNK = 1024  # examples per HVP chunk: bounded memory, as for full-ba
 
 
 def hvp_flops_per_sample(widths: Sequence[int]) -> int:
-    """Matmul FLOPs of one sample's Hessian-vector product (forward-over-reverse) for an MLP of
-    these layer widths, as XLA compiles it: the primal forward, the tangent forward and the
+    """Matmul FLOPs of one sample's stand-alone Hessian-vector product (forward-over-reverse) for an
+    MLP of these layer widths, as XLA compiles it: the primal forward, the tangent forward and the
     tangent of the backward pass; the primal weight gradients are computed by nobody (their
     output is unused), so each layer's product ``P = a b`` costs ``6P`` (forward, ``x V``,
     ``x^T d(delta)``) and every layer but the first ``10P`` more (``dx W``, the primal and the
@@ -40,6 +40,20 @@ def hvp_flops_per_sample(widths: Sequence[int]) -> int:
     analysis of the compiled HVP (matmuls and elementwise work) agrees within 0.1% (tests/test_bench.py)."""
     products = [a * b for a, b in zip(widths[:-1], widths[1:], strict=True)]
     return 6 * sum(products) + 10 * sum(products[1:])
+
+
+def lanczos_hvp_flops_per_sample(widths: Sequence[int]) -> int:
+    """Matmul FLOPs of one sample's Hessian-vector product *inside* a Lanczos loop: the rates' count.
+
+    There the parameters and the data are loop constants, so XLA hoists everything that does not
+    depend on the vector (the primal forward pass and the primal backward deltas) out of the loop
+    (checked in the compiled HLO); each product then costs only its tangent work. That is ``4P`` for
+    the first layer (``x V`` and ``x^T d(delta)``) and ``12P`` for every later one (``dx W + x V``,
+    ``d(delta) W^T + delta V^T``, ``dx^T delta + x^T d(delta)``). 784-128-10: 416,768 = 4.10 N per
+    example, two-thirds of the stand-alone ``hvp_flops_per_sample``; XLA's cost analysis of the
+    product's tangent map agrees within 0.3% (tests/test_bench.py)."""
+    products = [a * b for a, b in zip(widths[:-1], widths[1:], strict=True)]
+    return 4 * products[0] + 12 * sum(products[1:])
 
 
 def mlp_widths(params) -> tuple[int, ...]:
@@ -61,6 +75,21 @@ def top_eigenvalue_fn(model, loss_fn, hypers: Hypers):
         return pairs.values[0], pairs.residuals[0]
 
     return top
+
+
+def hvp_products_fn(model, loss_fn, hypers: Hypers):
+    """``products(params, v0, batch, count) -> u``: ``count`` normalised HVPs in a loop, the Lanczos
+    loop's products without its Krylov basis, to tell the HVP's own cost from the basis's."""
+
+    def loss_on(params, chunk: Batch):
+        return batch_loss(model, loss_fn, params, hypers, chunk)[0]
+
+    def products(params, v0, batch: Batch, count: int):
+        hvp_fn = curvature.make_chunked_hvp(loss_on, batch, min(CURVATURE_CHUNK, batch.x.shape[0]))
+        matvec = curvature.flat_matvec(hvp_fn, params)
+        return lax.fori_loop(0, count, lambda _, u: matvec(u) / jnp.linalg.norm(u), v0)
+
+    return products
 
 
 def curvature_problem(settings: dict, dataset):
@@ -89,14 +118,17 @@ def curvature_bench(settings: dict, dataset, peak: float) -> dict:
     single = jax.jit(top, static_argnums=3)
     steps, tried = choose_lanczos_steps(single, singles[0], v0, batch, settings["lanczos_steps"])
     results = [time_curvature(top, single, params, singles, v0, batch, steps, c, settings["repeats"]) for c in counts]
-    flops = hvp_flops_per_sample(mlp_widths(singles[0]))
+    products = hvp_products_fn(program.model, program.loss_fn, hypers)
+    flops = lanczos_hvp_flops_per_sample(mlp_widths(singles[0]))
     for r in results:
+        r.update(time_products(products, params, singles, v0, batch, steps + 1, r["models"], settings["repeats"]))
         add_rates(r, flops * n * (steps + 1), peak)
     return {
         "what": "top-1 Hessian eigenvalue at initial params (seeds 0..M-1), Lanczos + 1 Ritz residual matvec",
         "examples": n, "loss": settings["curvature_loss"], "inputs": "/255", "hvp_chunk": min(CURVATURE_CHUNK, n),
         "tolerance": CURVATURE_TOL, "steps_tried": tried, "num_steps": steps,
-        "hvp_flops_per_sample": flops, "hvps_per_model": steps + 1, "gemm_peak_gflops": peak,
+        "lanczos_hvp_flops_per_sample": flops, "hvp_flops_per_sample": hvp_flops_per_sample(mlp_widths(singles[0])),
+        "hvps_per_model": steps + 1, "gemm_peak_gflops": peak,
         "model_0_rel_residual": tried[str(steps)],
         "converged_on_model_0": tried[str(steps)] <= CURVATURE_TOL,
         "worst_rel_residual": float(np.max([r["worst_rel_residual"] for r in results])),
@@ -145,10 +177,32 @@ def run_measurement_bench(settings: dict, dataset, config: RunConfig | None = No
     }  # fmt: skip
 
 
+def time_products(products, params, singles, v0, batch: Batch, num_products: int, count: int, repeats: int) -> dict:
+    """The Lanczos loop's ``num_products`` HVPs alone (``hvp_products_fn``) for the first ``count``
+    models, vmapped and one model at a time, interleaved, best of ``repeats``: whether the HVP
+    itself gains from vmap, apart from the reorthogonalisation against each model's basis."""
+    models = jax.tree.map(lambda a: a[:count], params)
+    vmapped = jax.jit(jax.vmap(products, in_axes=(0, None, None, None)), static_argnums=3)
+    single = jax.jit(products, static_argnums=3)
+    runs = {
+        "vmapped": lambda: jax.block_until_ready(vmapped(models, v0, batch, num_products)),
+        "sequential": lambda: [jax.block_until_ready(single(p, v0, batch, num_products)) for p in singles[:count]],
+    }
+    for run in runs.values():  # compiles, untimed
+        run()
+    best = {name: math.inf for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            best[name] = min(best[name], best_time(run, 1))
+    return {"products_vmapped_s": best["vmapped"], "products_sequential_s": best["sequential"],
+            "products_vmapped_over_sequential": best["sequential"] / best["vmapped"]}  # fmt: skip
+
+
 def add_rates(row: dict, flops_per_model: float, peak: float) -> None:
-    """GFLOP/s of the HVPs (the Lanczos steps and the Ritz residual's), vmapped and one at a time,
-    and as fractions of the GEMM peak; reorthogonalisation (8 m^2 n FLOPs, <1% here) is not counted."""
-    for side in ("vmapped", "blocked", "sequential"):
+    """GFLOP/s of the HVPs (the Lanczos steps and the Ritz residual's, at ``lanczos_hvp_flops_per_sample``),
+    vmapped and one at a time, and as fractions of the GEMM peak; reorthogonalisation (8 m^2 n FLOPs,
+    <1% here, but memory-bound) is not counted."""
+    for side in ("vmapped", "blocked", "sequential", "products_vmapped", "products_sequential"):
         row[f"{side}_gflops"] = row["models"] * flops_per_model / row[f"{side}_s"] / 1e9
         row[f"{side}_frac_of_peak"] = row[f"{side}_gflops"] / peak
 
