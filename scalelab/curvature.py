@@ -214,8 +214,43 @@ def _orthogonalise(w: jax.Array, basis: jax.Array) -> jax.Array:
     # Classical Gram-Schmidt twice ("twice is enough", Parlett 1980 / Giraud et al. 2005):
     # one pass leaves O(eps * cond) components; the second removes them. Unfilled rows are 0.
     for _ in range(2):
-        w = w - basis.T @ (basis @ w)
+        w = _project_out(w, basis)
     return w
+
+
+def _project_out(w: jax.Array, basis: jax.Array) -> jax.Array:
+    return w - basis.T @ (basis @ w)
+
+
+# Daniel, Gragg, Kaufman & Stewart (1976): a second Gram-Schmidt pass is needed only when the first
+# removed most of ``w`` (cancellation); otherwise one pass is already orthogonal to working precision.
+DGKS_ETA = 1 / math.sqrt(2)
+
+
+def _orthogonalise_dgks(w: jax.Array, basis: jax.Array) -> jax.Array:
+    """``w`` orthogonalised against ``basis``'s rows: one classical Gram-Schmidt pass, and a second
+    only where the first cancelled (``|w'| < |w| / sqrt(2)``, the DGKS criterion).
+
+    Each pass reads the whole basis twice; the Lanczos loop's products on a run's 256 examples cost
+    about as much, so skipping the pass that is not needed is most of the loop's own work."""
+    once = _project_out(w, basis)
+    return _second_pass_if(jnp.linalg.norm(once) < DGKS_ETA * jnp.linalg.norm(w), once, basis)
+
+
+@jax.custom_batching.custom_vmap
+def _second_pass_if(needed: jax.Array, w: jax.Array, basis: jax.Array) -> jax.Array:
+    """``_project_out(w, basis)`` if ``needed``, else ``w``; vmapped, a pass for every model when
+    *some* model needs one (as ``_restart_if``: a batched ``lax.cond`` would run it always)."""
+    return lax.cond(needed, lambda: _project_out(w, basis), lambda: w)
+
+
+@_second_pass_if.def_vmap
+def _second_pass_if_batched(axis_size: int, in_batched: list[bool], needed, w, basis):
+    needed, w = (x if batched else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
+                 for x, batched in zip((needed, w), in_batched[:2], strict=True))  # fmt: skip
+    project = jax.vmap(_project_out, in_axes=(0, 0 if in_batched[2] else None))
+    again = lax.cond(jnp.any(needed), lambda: project(w, basis), lambda: w)
+    return jnp.where(needed[:, None], again, w), True
 
 
 def _restart_vector(step: jax.Array, n: int, dtype) -> jax.Array:
@@ -259,10 +294,11 @@ def lanczos(matvec: Matvec, v0: jax.Array, num_steps: int) -> LanczosResult:
     """``num_steps`` Lanczos steps with full reorthogonalisation (Lanczos 1950; Golub & Van Loan
     2013, Alg. 10.1.1 with complete reorthogonalisation).
 
-    Every new vector is Gram-Schmidt-orthogonalised twice against *all* previous ones, so no
-    ghost copies of converged eigenvalues appear and ``T``'s eigenvalues are Ritz values of
-    ``H`` on ``span(Q)``. Breakdown (``beta <= eps * sqrt(n) * ||T||``, an invariant subspace:
-    exact multiplicities, ``H`` a multiple of the identity, a low-rank ``H``) does not divide by
+    Every new vector is Gram-Schmidt-orthogonalised against *all* previous ones (a second pass
+    where the first cancelled, the DGKS criterion), so no ghost copies of converged eigenvalues
+    appear and ``T``'s eigenvalues are Ritz values of ``H`` on ``span(Q)``. Breakdown (``beta <=
+    eps * sqrt(n) * ||T||``, an invariant subspace: exact multiplicities, ``H`` a multiple of the
+    identity, a low-rank ``H``) does not divide by
     zero: the recursion restarts from a pseudo-random vector (a fixed hash of the step number)
     orthogonalised against ``Q`` and records ``beta = 0``, so ``T`` becomes block diagonal and
     ``num_steps = n`` recovers the whole spectrum with multiplicities.
@@ -288,7 +324,7 @@ def lanczos(matvec: Matvec, v0: jax.Array, num_steps: int) -> LanczosResult:
         beta_prev = jnp.where(j > 0, betas[j - 1], 0)
         w = matvec(q) - beta_prev * basis[j - 1]
         alpha = jnp.vdot(q, w)
-        w = _orthogonalise(w - alpha * q, basis)
+        w = _orthogonalise_dgks(w - alpha * q, basis)
         beta = jnp.linalg.norm(w)
         norm_est = jnp.maximum(norm_est, jnp.abs(alpha) + beta + beta_prev)
         broke = beta <= tol * norm_est

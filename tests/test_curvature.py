@@ -253,6 +253,40 @@ def test_vmapped_lanczos_restarts_exactly_the_models_that_break_down(jit):
             np.testing.assert_allclose(got[i], want, rtol=1e-12, atol=1e-13)
 
 
+def _cancelling_vectors():
+    """A (4, 50) orthonormal basis and two vectors: one mostly inside its span (the first pass
+    cancels, DGKS asks for a second), one mostly outside (one pass is enough)."""
+    basis = jnp.linalg.qr(jax.random.normal(jax.random.PRNGKey(0), (50, 4), jnp.float32))[0].T
+    noise = jax.random.normal(jax.random.PRNGKey(1), (2, 50), jnp.float32)
+    inside = basis.T @ jnp.array([3.0, -2.0, 1.0, 5.0]) + 1e-4 * noise[0]
+    return basis, jnp.stack([inside, noise[1]])
+
+
+def test_dgks_takes_a_second_pass_only_where_the_first_cancelled():
+    basis, (inside, outside) = _cancelling_vectors()
+    once = [C._project_out(w, basis) for w in (inside, outside)]
+    assert float(jnp.linalg.norm(once[0])) < C.DGKS_ETA * float(jnp.linalg.norm(inside))  # cancelled
+    assert float(jnp.linalg.norm(once[1])) > C.DGKS_ETA * float(jnp.linalg.norm(outside))
+    got = [C._orthogonalise_dgks(w, basis) for w in (inside, outside)]
+    np.testing.assert_array_equal(got[1], once[1])  # no second pass
+    np.testing.assert_array_equal(got[0], C._project_out(once[0], basis))  # a second pass
+    for w in got:  # both orthogonal to the basis to float32 precision, relative to what is left
+        assert float(jnp.max(jnp.abs(basis @ w))) <= 1e-5 * float(jnp.linalg.norm(w))
+
+
+@JIT
+def test_vmapped_dgks_equals_each_vector_alone(jit):
+    """The second pass's batching rule runs it for all when some vector needs it and keeps the
+    others' one-pass results: each row equals its own unbatched result, with a batched or a shared basis."""
+    basis, vectors = _cancelling_vectors()
+    alone = [C._orthogonalise_dgks(w, basis) for w in vectors]
+    shared = _maybe_jit(jax.vmap(C._orthogonalise_dgks, in_axes=(0, None)), jit)(vectors, basis)
+    own = _maybe_jit(jax.vmap(C._orthogonalise_dgks), jit)(vectors, jnp.stack([basis, basis]))
+    for batched in (shared, own):
+        for i, want in enumerate(alone):
+            np.testing.assert_allclose(batched[i], want, rtol=1e-6, atol=1e-7)
+
+
 def test_lanczos_works_in_float32(problem, spectrum):
     params32 = jax.tree.map(lambda a: a.astype(jnp.float32), problem.params)
     x32 = problem.x.astype(np.float32)
