@@ -130,8 +130,9 @@ def _anchor_lines(anchor: dict) -> list[str]:
             f"(median/worst error {top['scalelab_rel_error']:.1e}/{top['scalelab_max_rel_error']:.1e} vs PyHessian's "
             f"{top['pyhessian_rel_error']:.1e}/{top['pyhessian_max_rel_error']:.1e}); "
             f"{anchor['at_default_accuracy']['speedup']:.1f}x at the default 16 steps; trace "
-            f"{trace['speedup']:.1f}x (error {trace['scalelab_rel_error']:.1%} vs "
-            f"{trace['pyhessian_rel_error']:.1%})"]  # fmt: skip
+            f"{trace['speedup']:.1f}x at {trace['scalelab_probes']} probes (median/worst error "
+            f"{trace['scalelab_rel_error']:.1%}/{trace['scalelab_max_rel_error']:.1%} vs "
+            f"{trace['pyhessian_rel_error']:.1%}/{trace['pyhessian_max_rel_error']:.1%})"]  # fmt: skip
 
 
 def _training_lines(train: dict) -> list[str]:
