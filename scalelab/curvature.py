@@ -299,10 +299,10 @@ def lanczos(matvec: Matvec, v0: jax.Array, num_steps: int) -> LanczosResult:
     where the first cancelled, the DGKS criterion), so no ghost copies of converged eigenvalues
     appear and ``T``'s eigenvalues are Ritz values of ``H`` on ``span(Q)``. Breakdown (``beta <=
     eps * sqrt(n) * ||T||``, an invariant subspace: exact multiplicities, ``H`` a multiple of the
-    identity, a low-rank ``H``) does not divide by
-    zero: the recursion restarts from a pseudo-random vector (a fixed hash of the step number)
-    orthogonalised against ``Q`` and records ``beta = 0``, so ``T`` becomes block diagonal and
-    ``num_steps = n`` recovers the whole spectrum with multiplicities.
+    identity, a low-rank ``H``) does not divide by zero: the recursion restarts from a
+    pseudo-random vector (a fixed hash of the step number) orthogonalised against ``Q`` and
+    records ``beta = 0``, so ``T`` becomes block diagonal and ``num_steps = n`` recovers the whole
+    spectrum with multiplicities.
 
     Args:
       matvec: ``(n,) -> (n,)``, symmetric.
