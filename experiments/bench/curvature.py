@@ -9,7 +9,6 @@ The loss and its Hessian-vector products are the library's (``train.batch_loss``
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Sequence
 
@@ -20,7 +19,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from experiments.bench.settings import BASE_LR, CURVATURE_TOL
-from experiments.bench.timing import best_time, say
+from experiments.bench.timing import interleaved_best, say
 from scalelab import curvature
 from scalelab.config import DataConfig, GridConfig, RunConfig, TrainConfig
 from scalelab.measure import measurement_batch
@@ -162,12 +161,7 @@ def run_measurement_bench(settings: dict, dataset, config: RunConfig | None = No
     outputs: dict = {}
     runs = {name: (lambda name=name, b=b: outputs.__setitem__(name, jax.block_until_ready(fn(*args, block=b))))
             for name, b in (("vmapped", 0), ("blocked", block))}  # fmt: skip
-    for run in runs.values():  # compiles, untimed
-        run()
-    best = {name: math.inf for name in runs}
-    for _ in range(settings["repeats"]):
-        for name, run in runs.items():
-            best[name] = min(best[name], best_time(run, 1))
+    best = interleaved_best(runs, settings["repeats"])
     tops = [np.asarray(outputs[name].curvature.hessian.top_eigenvalues) for name in runs]
     return {
         "models": count, "examples": curv.examples, "lanczos_steps": curv.lanczos_steps, "models_per_block": block,
@@ -188,12 +182,7 @@ def time_products(products, params, singles, v0, batch: Batch, num_products: int
         "vmapped": lambda: jax.block_until_ready(vmapped(models, v0, batch, num_products)),
         "sequential": lambda: [jax.block_until_ready(single(p, v0, batch, num_products)) for p in singles[:count]],
     }
-    for run in runs.values():  # compiles, untimed
-        run()
-    best = {name: math.inf for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            best[name] = min(best[name], best_time(run, 1))
+    best = interleaved_best(runs, repeats)
     return {"products_vmapped_s": best["vmapped"], "products_sequential_s": best["sequential"],
             "products_vmapped_over_sequential": best["sequential"] / best["vmapped"]}  # fmt: skip
 
@@ -259,12 +248,7 @@ def time_curvature(top, single, params, singles, v0, batch: Batch, steps: int, c
             "sequential", [jax.block_until_ready(single(p, v0, batch, steps)) for p in singles[:count]]
         ),
     }
-    for run in runs.values():  # untimed warm-up; the first run pays one-off set-up
-        run()
-    best = {name: math.inf for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            best[name] = min(best[name], best_time(run, 1))
+    best = interleaved_best(runs, repeats)
     values, residuals = (np.asarray(a) for a in outputs["vmapped"])
     rel = np.concatenate([residuals / np.abs(values), [float(r / abs(v)) for v, r in outputs["sequential"]]])
     return {

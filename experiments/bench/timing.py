@@ -24,3 +24,16 @@ def best_time(fn, repeats: int) -> float:
         fn()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def interleaved_best(runs: dict, repeats: int) -> dict:
+    """``{name: seconds}``: each of ``runs`` (blocking callables) called once untimed (it compiles,
+    and a first run pays one-off set-up), then round-robin ``repeats`` times, the best kept, so a
+    burst of load from elsewhere hits every figure alike."""
+    for run in runs.values():
+        run()
+    best = {name: math.inf for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            best[name] = min(best[name], best_time(run, 1))
+    return best
