@@ -238,6 +238,12 @@ def _orthogonalise_dgks(w: jax.Array, basis: jax.Array) -> jax.Array:
     return _second_pass_if(jnp.linalg.norm(once) < DGKS_ETA * jnp.linalg.norm(w), once, basis)
 
 
+def _batched(axis_size: int, values, in_batched) -> tuple:
+    """``values`` with a leading model axis each: the unbatched ones broadcast (for a batching rule)."""
+    return tuple(x if batched else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
+                 for x, batched in zip(values, in_batched, strict=True))  # fmt: skip
+
+
 @jax.custom_batching.custom_vmap
 def _second_pass_if(needed: jax.Array, w: jax.Array, basis: jax.Array) -> jax.Array:
     """``_project_out(w, basis)`` if ``needed``, else ``w``; vmapped, a pass for every model when
@@ -247,8 +253,7 @@ def _second_pass_if(needed: jax.Array, w: jax.Array, basis: jax.Array) -> jax.Ar
 
 @_second_pass_if.def_vmap
 def _second_pass_if_batched(axis_size: int, in_batched: list[bool], needed, w, basis):
-    needed, w = (x if batched else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
-                 for x, batched in zip((needed, w), in_batched[:2], strict=True))  # fmt: skip
+    needed, w = _batched(axis_size, (needed, w), in_batched[:2])
     project = jax.vmap(_project_out, in_axes=(0, 0 if in_batched[2] else None))
     again = lax.cond(jnp.any(needed), lambda: project(w, basis), lambda: w)
     return jnp.where(needed[:, None], again, w), True
@@ -285,8 +290,7 @@ def _restart_if(broke: jax.Array, j: jax.Array, basis: jax.Array) -> jax.Array:
 
 @_restart_if.def_vmap
 def _restart_if_batched(axis_size: int, in_batched: list[bool], broke, j, basis):
-    broke, j, basis = (x if batched else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
-                       for x, batched in zip((broke, j, basis), in_batched, strict=True))  # fmt: skip
+    broke, j, basis = _batched(axis_size, (broke, j, basis), in_batched)
     restarted = lax.cond(jnp.any(broke), lambda: jax.vmap(_restart)(j, basis), lambda: jnp.zeros_like(basis[:, 0]))
     return jnp.where(broke[:, None], restarted, 0), True
 
