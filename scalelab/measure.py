@@ -148,7 +148,8 @@ def over_models(fn, states, hypers, block: int):
 # the posts' network 6.5 MB a model at 16 steps, so past a few models they leave the 32 MiB L3 and
 # every pass streams from memory. Measured with two passes every step, on the 2-core EPYC (posts'
 # network, 40 models, 256 examples): all at once 7.9 s, one model at a time 4.1 s; the density
-# 12.1 s against 5.1 s; on 2048 examples, where the HVPs dominate, 1.12x. A block's bases stay within the budget the training blocks use (planning).
+# 12.1 s against 5.1 s; on 2048 examples, where the HVPs dominate, 1.12x. A block's bases stay
+# within the budget the training blocks use (planning).
 CPU_MEASURE_BLOCK_BYTES = 4 * 2**20
 
 
